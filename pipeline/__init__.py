@@ -1,0 +1,1 @@
+"""Roboflow -> Supabase import pipeline: options, composition root and launch."""

@@ -1,0 +1,135 @@
+"""Import a whole Roboflow project into Supabase, image by image, on Apache Beam.
+
+    export ROBOFLOW_API_KEY=... SUPABASE_SERVICE_ROLE_KEY=...
+    python -m pipeline.main --roboflow_workspace WS --roboflow_project PROJ --dataset_id UUID \\
+        --supabase_url https://xyz.supabase.co --class_mapping mapping.json
+
+The data path, top to bottom (see :func:`build_pipeline`):
+
+1. ListImages    a splittable DoFn over Roboflow's search pages -> distinct image ids
+2. BatchImages   GroupIntoBatches of ``--batch_size`` (50) on sharded keys, spread over workers
+3. FetchDetails  one details call per image, concurrent, under the worker's shared rate limiter
+4. UploadImages  original bytes from the CDN to Supabase Storage, at a deterministic path
+5. WriteRows     idempotent upserts of od_images, od_annotations, od_dataset_images
+   and every step's failures, per image, into one dead-letter PCollection -> JSON Lines.
+
+Exit codes: 0 every listed image is in Supabase; 3 finished, some images are in the dead letters
+(or the listing came up short); 2 bad input, found before anything was written; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipeline import preflight
+from pipeline.errors import InputError
+from pipeline.options import ImportOptions
+from pipeline.summary import build_summary, counters_of, render, write_summary
+from transforms.batch_images import BatchImages
+from transforms.batch_step import DEAD_LETTER
+from transforms.core.records import ImportContext
+from transforms.core.redact import install_log_redaction, redact
+from transforms.dead_letters import WriteDeadLetters, dead_letter_files, remove_dead_letters
+from transforms.fetch_details import FetchDetails
+from transforms.list_images import ListImages
+from transforms.upload_images import UploadImages
+from transforms.write_rows import WriteRows
+
+log = logging.getLogger("pipeline")
+
+EXIT_OK, EXIT_FATAL, EXIT_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
+LOCAL_WORKERS = 4
+# The default DirectRunner sends GroupIntoBatches pipelines to the legacy runner, which fails
+# splittable DoFns; it also tries to download Prism first. FnApiRunner runs this pipeline correctly.
+REFUSED_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
+
+
+def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: ImportContext,
+                   opts: ImportOptions, shards: int) -> None:
+    listed = p | "Project" >> beam.Create([checked.listing]) | "ListImages" >> ListImages(checked.roboflow)
+    batches = listed["ok"] | "BatchImages" >> BatchImages(opts.batch_size, shards)
+    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency)
+    stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
+                                                            opts.concurrency)
+    written = stored["ok"] | "WriteRows" >> WriteRows(checked.supabase, context)
+    (
+        (listed[DEAD_LETTER], details[DEAD_LETTER], stored[DEAD_LETTER], written[DEAD_LETTER])
+        | "CollectDeadLetters" >> beam.Flatten()
+        | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path)
+    )
+
+
+def runner_settings(options: PipelineOptions) -> tuple[str, int]:
+    """Pin the local runner (FnApiRunner, several threads) unless told otherwise; refuse the traps."""
+    standard = options.view_as(StandardOptions)
+    direct = options.view_as(DirectOptions)
+    if standard.runner is None:
+        standard.runner = "FnApiRunner"
+    name = str(standard.runner).rsplit(".", 1)[-1].lower()
+    if name in REFUSED_RUNNERS:
+        raise InputError(f"--runner={standard.runner} cannot run this pipeline reliably (Beam 2.77 sends "
+                         "GroupIntoBatches to the legacy runner, which fails splittable DoFns); "
+                         "use --runner=FnApiRunner (the default) or DataflowRunner")
+    if name == "fnapirunner":
+        if not direct.direct_num_workers:
+            direct.direct_num_workers = LOCAL_WORKERS
+        if direct.direct_running_mode == "in_memory":
+            direct.direct_running_mode = "multi_threading"
+        processes = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
+        return name, processes
+    return name, 1
+
+
+def run(argv: list[str] | None = None) -> int:
+    install_log_redaction()
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    options = PipelineOptions(argv)
+    opts = options.view_as(ImportOptions)
+    started = time.monotonic()
+    try:
+        runner, processes = runner_settings(options)
+        checked = preflight.check(opts, workers=processes)
+        class_ids = preflight.prepare_target(checked)
+    except InputError as exc:
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
+                            checked.supabase.bucket, class_ids, checked.max_object_bytes)
+    shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1)
+    remove_dead_letters(opts.dead_letter_path)
+    log.info("importing %s/%s (%d images reported) into dataset %s with %s",
+             checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner)
+
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, checked, context, opts, shards)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    preflight.refresh_counters(checked)
+    summary = build_summary(counters_of(result), checked=checked, seconds=time.monotonic() - started,
+                            dead_letter_files=dead_letter_files(opts.dead_letter_path))
+    write_summary(opts.summary_path, summary)
+    print(render(summary))
+    print(f"summary: {opts.summary_path}")
+    return EXIT_OK if summary["complete"] else EXIT_INCOMPLETE
+
+
+def main() -> None:
+    try:
+        code = run(sys.argv[1:])
+    except KeyboardInterrupt:
+        code = EXIT_FATAL
+    except Exception as exc:  # one redacted line for a person, the traceback only in debug logs
+        log.debug("fatal error", exc_info=True)
+        print(f"error: {type(exc).__name__}: {redact(exc)}", file=sys.stderr)
+        code = EXIT_FATAL
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The importer's command line, as a Beam ``PipelineOptions`` subclass.
+
+Beam already owns ``--project`` (the GCP project) and ``--dry_run``, so the Roboflow options carry
+a ``roboflow_`` prefix. Keys are never options: options are stored with a Dataflow job and shown in
+its console. Locally the keys come from ``ROBOFLOW_API_KEY`` and ``SUPABASE_SERVICE_ROLE_KEY``; on
+Dataflow from Secret Manager versions named by ``--*_secret`` options.
+"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+DEFAULT_API_URL = "https://api.roboflow.com"
+
+
+class ImportOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        rf = parser.add_argument_group("Roboflow source")
+        rf.add_argument("--roboflow_workspace", help="Roboflow workspace slug (required)")
+        rf.add_argument("--roboflow_project", help="Roboflow project slug (required)")
+        rf.add_argument("--roboflow_version", type=int, default=None,
+                        help="Version to validate and record on the rows; the stream imports the project's "
+                             "current images (Roboflow's search has no version filter)")
+        rf.add_argument("--roboflow_api_url", default=DEFAULT_API_URL, help="Roboflow API root")
+        rf.add_argument("--roboflow_rate_limit", type=float, default=None,
+                        help="Roboflow requests per second for the whole job; adapts to 429s when omitted")
+        rf.add_argument("--roboflow_listing", choices=("token", "offset"), default="token",
+                        help="token: continuation-token search, stable (default); offset: parallel pages, "
+                             "unstable on Roboflow's side (duplicates and misses are reconciled)")
+        rf.add_argument("--roboflow_api_key_secret", default=None,
+                        help="Secret Manager version name holding the Roboflow key (Dataflow); "
+                             "default: $ROBOFLOW_API_KEY")
+
+        sb = parser.add_argument_group("Supabase target")
+        sb.add_argument("--dataset_id", help="od_datasets.id to import into (required)")
+        sb.add_argument("--supabase_url", default=None, help="Supabase project URL (default: $SUPABASE_URL)")
+        sb.add_argument("--storage_bucket", default="od-images", help="Storage bucket for the originals")
+        sb.add_argument("--create_bucket", action="store_true", default=False,
+                        help="Create the bucket when it is missing (private)")
+        sb.add_argument("--class_mapping", default=None,
+                        help="JSON file: [{source_name, target_class_id, create_new, skip, color}], "
+                             "or 'auto' to map every class to a dataset class of the same name")
+        sb.add_argument("--supabase_key_secret", default=None,
+                        help="Secret Manager version name holding the service-role key (Dataflow); "
+                             "default: $SUPABASE_SERVICE_ROLE_KEY")
+
+        run = parser.add_argument_group("Run")
+        run.add_argument("--dead_letter_path", default="import-output/dead_letters",
+                         help="Directory for dead letters (JSON Lines); gs:// works on Dataflow")
+        run.add_argument("--summary_path", default="import-output/summary.json", help="Summary JSON file")
+        run.add_argument("--batch_size", type=int, default=50, help="Images per batch")
+        run.add_argument("--concurrency", type=int, default=20,
+                         help="Concurrent requests per worker process")
+        run.add_argument("--shards", type=int, default=None,
+                         help="Batch key shards (default: 4 x workers)")

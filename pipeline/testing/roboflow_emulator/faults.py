@@ -1,0 +1,116 @@
+"""Runtime side of FaultConfig: the seeded dice, remaining counts, chosen images, rate-limit buckets."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+
+from .config import TRANSIENT_FAULTS, FaultConfig, expand_routes
+from .dataset import Dataset
+
+TARGETED_FAULTS = ("deleted_after_listing", "eventually_consistent", "undecodable", "count_gap")
+
+
+class FaultState:
+    """One FaultConfig in force. Replaced whole when faults change, so counts start over."""
+
+    def __init__(self, config: FaultConfig, dataset: Dataset, default_seed: int):
+        self.config = config
+        self.seed = default_seed if config.seed is None else config.seed
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self._remaining = {name: getattr(config, f"{name}_count") for name in TRANSIENT_FAULTS}
+        self._routes = {
+            name: expand_routes(getattr(config, f"{name}_routes"))
+            for name in TRANSIENT_FAULTS
+            if hasattr(config, f"{name}_routes")
+        }
+        self._error_style = {}
+        for route_name, style in config.error_style.items():
+            for route in expand_routes([route_name]):
+                self._error_style[route] = style
+        self.targets = self._pick_targets(dataset)
+        self.deleted_after_listing = frozenset(self.targets["deleted_after_listing"])
+        self.undecodable = frozenset(self.targets["undecodable"])
+        self.hidden = frozenset(self.targets["count_gap"])
+        self._pending_404s = dict.fromkeys(self.targets["eventually_consistent"], config.eventual_tries)
+
+    def _pick_targets(self, dataset: Dataset) -> dict[str, list[int]]:
+        """Disjoint, seeded choices among live project images, so tests can ask which ones were hit."""
+        wanted = {name: getattr(self.config, name) for name in TARGETED_FAULTS}
+        live = dataset.live_indices()
+        chosen = random.Random(f"{self.seed}:targets").sample(live, min(len(live), sum(wanted.values())))
+        targets: dict[str, list[int]] = {}
+        start = 0
+        for name in TARGETED_FAULTS:
+            targets[name] = sorted(chosen[start : start + wanted[name]])
+            start += wanted[name]
+        return targets
+
+    def fires(self, name: str, route: str) -> bool:
+        """Whether transient fault ``name`` hits this request: first the count, then the rate."""
+        routes = self._routes.get(name)
+        if routes is not None and route not in routes:
+            return False
+        rate = getattr(self.config, f"{name}_rate")
+        with self._lock:
+            if self._remaining[name] > 0:
+                self._remaining[name] -= 1
+                return True
+            return rate > 0 and self._rng.random() < rate
+
+    def chance(self, probability: float) -> bool:
+        with self._lock:
+            return self._rng.random() < probability
+
+    def choice(self, options):
+        with self._lock:
+            return self._rng.choice(options)
+
+    def rng_for_request(self) -> random.Random:
+        with self._lock:
+            return random.Random(self._rng.getrandbits(64))
+
+    def error_style(self, route: str, default: str) -> str:
+        return self._error_style.get(route, default)
+
+    def has_undefined_url(self, image_id: str) -> bool:
+        """A fixed, seeded subset of images gets /undefined/ in urls.original (#256)."""
+        rate = self.config.undefined_url_rate
+        if rate <= 0:
+            return False
+        digest = hashlib.blake2b(f"{self.seed}:undefined:{image_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64 < rate
+
+    def take_pending_404(self, index: int) -> bool:
+        """True while an eventually consistent image still owes a 404; each call uses one up."""
+        with self._lock:
+            left = self._pending_404s.get(index, 0)
+            if left <= 0:
+                return False
+            self._pending_404s[index] = left - 1
+            return True
+
+
+class TokenBuckets:
+    """Per-key token buckets: ``rate`` tokens/s, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: float):
+        self.rate = rate
+        self.burst = burst
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 if the request may proceed, else the seconds until a token is available."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate

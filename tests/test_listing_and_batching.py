@@ -1,0 +1,64 @@
+"""The splittable listing's restrictions, and batching with several workers losing nothing."""
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.batch_images import BatchImages, shard_of
+from transforms.clients.resources import RoboflowConfig
+from transforms.core.secrets import SecretRef
+from transforms.list_images import ListImageIdsFn, ListingSpec
+
+CONFIG = RoboflowConfig("http://127.0.0.1:9", SecretRef(env_var="UNUSED_KEY"))
+
+
+def test_offset_listing_splits_pages_for_parallel_reads():
+    spec = ListingSpec("ws", "proj", total=1000, mode="offset", page_size=250)
+    fn = ListImageIdsFn(CONFIG)
+    restriction = fn.initial_restriction(spec)
+    assert (restriction.start, restriction.stop) == (0, 5)  # 4 pages for 1000 ids, plus one for growth
+    splits = list(fn.split(spec, restriction))
+    assert [(s.start, s.stop) for s in splits] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert sum(fn.restriction_size(spec, s) for s in splits) == 5
+
+
+def test_token_listing_is_one_unclaimed_unit():
+    spec = ListingSpec("ws", "proj", total=10_000, mode="token")
+    fn = ListImageIdsFn(CONFIG)
+    restriction = fn.initial_restriction(spec)
+    assert list(fn.split(spec, restriction)) == [restriction]
+    tracker = fn.create_tracker(restriction)
+    assert tracker.try_claim(0) and not tracker.try_claim(1)
+    tracker.check_done()
+
+
+def test_tracker_checkpoint_keeps_the_unread_pages():
+    tracker = OffsetRestrictionTracker(OffsetRange(0, 10))
+    assert tracker.try_claim(0)
+    primary, residual = tracker.try_split(0)
+    assert (primary.stop, residual.start, residual.stop) == (1, 1, 10)
+
+
+def test_roboql_scopes_the_project_inside_the_query():
+    assert ListingSpec("ws", "my-proj", 1).roboql() == "project:my-proj *"
+    assert ListingSpec("ws", "my-proj", 1, query="split:train").roboql() == "project:my-proj split:train"
+
+
+def test_shard_keys_are_stable_and_spread():
+    ids = [f"img{i:05d}" for i in range(2000)]
+    shards = [shard_of(i, 16) for i in ids]
+    assert shards == [shard_of(i, 16) for i in ids]
+    counts = [shards.count(s) for s in range(16)]
+    assert min(counts) > 2000 / 16 * 0.6
+
+
+def test_batching_with_four_workers_loses_and_duplicates_nothing():
+    ids = [f"img{i:05d}" for i in range(2003)]
+    options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=4",
+                               "--direct_running_mode=multi_threading"])
+    with beam.Pipeline(options=options) as p:
+        batches = p | beam.Create(ids) | BatchImages(batch_size=50, shards=8)
+        assert_that(batches | "Flatten" >> beam.FlatMap(lambda b: b), equal_to(ids), label="every id once")
+        assert_that(batches | "Sizes" >> beam.Map(lambda b: 0 < len(b) <= 50) | beam.Distinct(),
+                    equal_to([True]), label="batch sizes")

@@ -1,0 +1,1 @@
+"""One Beam step per module: listing, details, upload and row writing."""

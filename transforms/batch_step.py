@@ -1,0 +1,119 @@
+"""What every batch step shares: a per-process thread pool, per-image dead letters, counters.
+
+Steps receive a batch (a list of up to ``--batch_size`` items), run one task per item on a pool
+shared by all DoFn instances of the worker process (so ``--concurrency`` bounds the process's
+in-flight requests), and yield the batch of successes as one element plus one ``dead_letter``
+tagged output per failed image. A failure of one image never takes its batch-mates down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import apache_beam as beam
+from apache_beam.io.components.adaptive_throttler import ThrottlingSignaler
+from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
+
+from transforms.core.records import DeadLetter
+from transforms.core.tally import Tally, collecting
+
+DEAD_LETTER = "dead_letter"
+NAMESPACE = "roboflow_import"
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class WorkerResources:
+    """Objects one worker process shares across DoFn threads (weak-referenceable for ``Shared``)."""
+
+    def __init__(self, **items: Any):
+        self.__dict__.update(items)
+
+
+class BatchStepFn(beam.DoFn):
+    """Base for the fetch, upload and write steps."""
+
+    step = "step"
+
+    def __init__(self, concurrency: int):
+        self.concurrency = concurrency
+        self._shared_pool = Shared()
+
+    def setup(self) -> None:
+        self._pool = self._shared_pool.acquire(
+            lambda: WorkerResources(executor=ThreadPoolExecutor(self.concurrency, thread_name_prefix=self.step)),
+            tag=f"pool-{self.step}-{self.concurrency}",
+        ).executor
+        self._throttling = ThrottlingSignaler(NAMESPACE)
+
+    def counter(self, name: str, n: int = 1) -> None:
+        if n:
+            Metrics.counter(NAMESPACE, name).inc(int(n))
+
+    def fold(self, tally: Tally) -> None:
+        """Turn a task's tally into Beam counters (from the DoFn thread, where counters work)."""
+        for name, n in tally.counts.items():
+            if name == "roboflow.throttled_seconds":
+                self._throttling.signal_throttled(int(round(n)))
+                self.counter("throttled_ms", int(n * 1000))
+            else:
+                self.counter(name, int(n))
+
+    def run_each(self, items: Iterable[T], task: Callable[[T], R]) -> list[tuple[T, R | None, Exception | None]]:
+        """Run ``task`` on every item concurrently; return (item, result, error) in input order."""
+
+        def wrapped(item: T) -> tuple[R | None, Exception | None, Tally]:
+            with collecting() as tally:
+                try:
+                    return task(item), None, tally
+                except Exception as exc:  # every failure becomes a dead letter, never a lost batch
+                    return None, exc, tally
+
+        items = list(items)
+        futures = [self._pool.submit(wrapped, item) for item in items]
+        out = []
+        for item, future in zip(items, futures, strict=True):
+            result, error, tally = future.result()
+            self.fold(tally)
+            out.append((item, result, error))
+        return out
+
+    def dead_letter(self, image_id: str, error: Exception | str) -> beam.pvalue.TaggedOutput:
+        letter = DeadLetter.of(image_id, self.step, error)
+        self.counter(f"dead_letter.{self.step}.{letter.error_type}")
+        self.counter("images_failed")
+        log.warning("dead letter: image %s at %s: %s: %s", image_id, self.step, letter.error_type, letter.message)
+        return beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
+
+
+def image_id_of(item: Any) -> str:
+    """The Roboflow image id of whatever a step carries (an id, details or a stored image)."""
+    if isinstance(item, str):
+        return item
+    details = getattr(item, "details", item)
+    return str(getattr(details, "image_id", item))
+
+
+def crash_letters(failed: tuple[Any, tuple], step: str) -> list[DeadLetter]:
+    """A batch whose ``process()`` raised (a bug, not an image's fault): one letter per image."""
+    batch, (exc_type, exc_repr, _traceback) = failed
+    items = batch if isinstance(batch, list) else [batch]
+    name = getattr(exc_type, "__name__", str(exc_type))
+    Metrics.counter(NAMESPACE, f"dead_letter.{step}.crash").inc(len(items))
+    Metrics.counter(NAMESPACE, "images_failed").inc(len(items))
+    return [DeadLetter.of(image_id_of(item), step, f"{name}: {exc_repr}") for item in items]
+
+
+def run_batch_step(batches, fn: BatchStepFn):
+    """ParDo with per-image dead letters, plus a backstop that turns a crashed batch into letters."""
+    result = batches | beam.ParDo(fn).with_outputs(DEAD_LETTER, main="ok").with_exception_handling(
+        dead_letter_tag="crashed")
+    crashed = result["crashed"] | "CrashLetters" >> beam.FlatMap(crash_letters, fn.step)
+    dead = (result[DEAD_LETTER], crashed) | "AllDeadLetters" >> beam.Flatten()
+    return {"ok": result["ok"], DEAD_LETTER: dead}

@@ -1,0 +1,75 @@
+"""Picklable client settings, and one client of each kind per worker process.
+
+DoFns carry a :class:`RoboflowConfig` / :class:`SupabaseConfig` (no secrets, only where to read
+them) and call :func:`roboflow_client` / :func:`supabase_client` in ``setup()``. Every DoFn of a
+process gets the same client, so the Roboflow rate limiter and the HTTP pools are per process,
+as Roboflow's per-key limit needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+from apache_beam.utils.shared import Shared
+
+from transforms.clients.roboflow import RoboflowClient
+from transforms.clients.supabase import SupabaseClient
+from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.retry import RetryPolicy
+from transforms.core.secrets import SecretRef
+
+
+@dataclasses.dataclass(frozen=True)
+class RoboflowConfig:
+    api_url: str
+    api_key: SecretRef
+    rate_limit: float | None = None  # requests/s for this worker process; None = adapt
+    timeout: float = 30.0
+    pool_size: int = 32
+    retry: RetryPolicy = RetryPolicy()
+
+
+@dataclasses.dataclass(frozen=True)
+class SupabaseConfig:
+    url: str
+    service_key: SecretRef
+    bucket: str = "od-images"
+    timeout: float = 60.0
+    max_connections: int = 32
+    retry: RetryPolicy = RetryPolicy(max_attempts=12, max_elapsed=180.0)
+
+
+class _Holder:
+    """Weak-referenceable box for ``Shared``."""
+
+    def __init__(self, client):
+        self.client = client
+
+
+_shared = Shared()
+_lock = threading.Lock()
+
+
+def roboflow_client(config: RoboflowConfig) -> _Holder:
+    """The process's Roboflow client for this config. Keep the returned holder alive while in use."""
+
+    def make() -> _Holder:
+        return _Holder(RoboflowClient(
+            config.api_url, config.api_key.resolve(), limiter=AdaptiveRateLimiter(config.rate_limit),
+            retry=config.retry, timeout=config.timeout, pool_size=config.pool_size))
+
+    with _lock:
+        return _shared.acquire(make, tag=f"roboflow:{hash(config)}")
+
+
+def supabase_client(config: SupabaseConfig) -> _Holder:
+    """The process's Supabase client for this config. Keep the returned holder alive while in use."""
+
+    def make() -> _Holder:
+        return _Holder(SupabaseClient(
+            config.url, config.service_key.resolve(), bucket=config.bucket, retry=config.retry,
+            timeout=config.timeout, max_connections=config.max_connections))
+
+    with _lock:
+        return _shared.acquire(make, tag=f"supabase:{hash(config)}")

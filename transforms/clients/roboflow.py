@@ -1,0 +1,247 @@
+"""Roboflow REST client for the importer's read paths: project info, search pages, details, bytes.
+
+The key travels only as an ``Authorization: Bearer`` header, never in a URL. Every call has a
+timeout, goes through a shared :class:`AdaptiveRateLimiter` (CDN downloads excepted: they are not
+API calls) and is retried on 429/5xx/resets with backoff that honours ``Retry-After``. Errors carry
+redacted messages, since Roboflow's 401 body echoes the key.
+
+    client = RoboflowClient("https://api.roboflow.com", api_key, limiter=AdaptiveRateLimiter(100))
+    page = client.search_page("my-ws", "my-project", offset=0, limit=250)
+    details = client.image_details("my-ws", "my-project", page.ids[0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.redact import redact, register_secret
+from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries, parse_retry_after
+from transforms.core.tally import count
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 522, 524}
+MAX_PAGE = 250
+
+
+class RoboflowError(PermanentError):
+    """A Roboflow answer retrying will not change (bad key, unknown project, missing image)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchPage:
+    ids: list[str]
+    total: int | None
+    continuation_token: str | None = None
+
+
+@dataclasses.dataclass
+class CallStats:
+    """Calls and retries by kind; read by DoFns to feed Beam counters."""
+
+    calls: int = 0
+    retries: dict[str, int] = dataclasses.field(default_factory=dict)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+    def count_call(self, route: str) -> None:
+        count(f"roboflow.calls.{route}")
+        with self.lock:
+            self.calls += 1
+
+    def count_retry(self, kind: str) -> None:
+        count(f"retry.roboflow.{kind}")
+        with self.lock:
+            self.retries[kind] = self.retries.get(kind, 0) + 1
+
+
+def _error_text(body: str) -> str:
+    """The ``error`` of Roboflow's envelopes (string or object), redacted and short."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return redact(body.strip()[:300])
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return redact(err.get("message") or err.get("type") or json.dumps(err))[:300]
+    if err is not None:
+        message = data.get("message")
+        return redact(f"{err}: {message}" if message else str(err))[:300]
+    return redact(body.strip()[:300])
+
+
+class RoboflowClient:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        limiter: AdaptiveRateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        pool_size: int = 32,
+        not_found_retries: int = 2,
+    ):
+        register_secret(api_key)
+        self.api_url = api_url.rstrip("/")
+        self.limiter = limiter or AdaptiveRateLimiter(None)
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.not_found_retries = not_found_retries
+        self.stats = CallStats()
+        self._api = self._session(pool_size, {"Authorization": f"Bearer {api_key}"})
+        self._cdn = self._session(pool_size, {})
+
+    @staticmethod
+    def _session(pool_size: int, headers: dict[str, str]) -> requests.Session:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.update({"User-Agent": "roboflow-supabase-import/0.1", **headers})
+        return session
+
+    def close(self) -> None:
+        self._api.close()
+        self._cdn.close()
+
+    # ---- API calls ----------------------------------------------------------------------
+
+    def _path(self, *segments: str) -> str:
+        return self.api_url + "/" + "/".join(quote(str(s), safe="") for s in segments)
+
+    def _call(self, method: str, url: str, route: str, body: dict | None = None,
+              not_found_retries: int = 0) -> dict[str, Any]:
+        """One API call with limiter and retries; returns the JSON body of a 2xx answer."""
+        misses = {"n": 0}
+
+        def attempt() -> dict[str, Any]:
+            waited = self.limiter.acquire()
+            if waited:
+                count("roboflow.throttled_seconds", waited)
+            self.stats.count_call(route)
+            try:
+                resp = self._api.request(method, url, json=body, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise TransientError("connection", f"{route}: {type(exc).__name__}: {redact(exc)}") from None
+            if resp.status_code == 429:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                self.limiter.on_throttled(retry_after)
+                raise TransientError("rate_limited", f"{route}: 429 {_error_text(resp.text)}",
+                                     retry_after=retry_after, status=429)
+            if resp.status_code in RETRYABLE_STATUS:
+                raise TransientError(f"http_{resp.status_code}", f"{route}: {resp.status_code} "
+                                     f"{_error_text(resp.text)}", status=resp.status_code)
+            if resp.status_code == 404 and misses["n"] < not_found_retries:
+                misses["n"] += 1
+                raise TransientError("not_found_yet", f"{route}: 404 {_error_text(resp.text)}", status=404)
+            if resp.status_code >= 400:
+                kind = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(
+                    resp.status_code, f"http_{resp.status_code}")
+                raise RoboflowError(kind, f"{route}: {resp.status_code} {_error_text(resp.text)}",
+                                    status=resp.status_code)
+            try:
+                data = resp.json()
+            except ValueError:
+                raise TransientError("bad_json", f"{route}: {resp.status_code} non-JSON body") from None
+            if isinstance(data, dict) and "error" in data and resp.status_code != 202:
+                raise RoboflowError("api_error", f"{route}: {_error_text(resp.text)}", status=resp.status_code)
+            return data
+
+        def on_retry(exc: TransientError, attempt_no: int, delay: float) -> None:
+            self.stats.count_retry(exc.kind)
+            log.debug("retrying %s after %s (attempt %d, %.2fs)", route, exc.kind, attempt_no, delay)
+
+        return call_with_retries(attempt, self.retry, on_retry=on_retry)
+
+    def workspace(self, workspace: str) -> dict[str, Any]:
+        return self._call("GET", self._path(workspace), "workspace")
+
+    def project(self, workspace: str, project: str) -> dict[str, Any]:
+        return self._call("GET", self._path(workspace, project), "project")
+
+    def version(self, workspace: str, project: str, version: int) -> dict[str, Any]:
+        return self._call("GET", self._path(workspace, project, str(version)), "version")
+
+    def search_page(self, workspace: str, project: str, *, offset: int, limit: int = MAX_PAGE,
+                    filters: dict[str, Any] | None = None) -> SearchPage:
+        """One page of project search (``POST /{ws}/{proj}/search``): ids only."""
+        body = {"offset": offset, "limit": min(limit, MAX_PAGE), "fields": ["id"], **(filters or {})}
+        data = self._call("POST", self._path(workspace, project, "search"), "search", body)
+        results = data.get("results")
+        if not isinstance(results, list):
+            raise TransientError("bad_page", "search: answer has no results list")
+        return SearchPage([str(r["id"]) for r in results if isinstance(r, dict) and r.get("id")],
+                          _int_or_none(data.get("total")))
+
+    def search_v1_page(self, workspace: str, query: str, *, page_size: int = MAX_PAGE,
+                       token: str | None = None) -> SearchPage:
+        """One page of workspace search (``POST /{ws}/search/v1``) walked by continuation token."""
+        body: dict[str, Any] = {"query": query, "pageSize": page_size, "fields": ["split"]}
+        if token:
+            body["continuationToken"] = token
+        data = self._call("POST", self._path(workspace, "search", "v1"), "search_v1", body)
+        results = data.get("results")
+        if not isinstance(results, list):
+            raise TransientError("bad_page", "search_v1: answer has no results list")
+        return SearchPage([str(r["id"]) for r in results if isinstance(r, dict) and r.get("id")],
+                          _int_or_none(data.get("total")), data.get("continuationToken") or None)
+
+    def image_details(self, workspace: str, project: str, image_id: str) -> dict[str, Any]:
+        """``GET /{ws}/{proj}/images/{id}``; a 404 is retried briefly (eventual consistency)."""
+        return self._call("GET", self._path(workspace, project, "images", image_id), "image_details",
+                          not_found_retries=self.not_found_retries)
+
+    # ---- CDN ----------------------------------------------------------------------------
+
+    def download(self, url: str, validate: Callable[[bytes, bool], Any] | None = None) -> bytes:
+        """GET image bytes (no key: the CDN needs none), retrying bodies shorter than announced.
+
+        ``validate(data, length_checked)`` may raise :class:`TransientError` to retry; it is told
+        whether the body matched a ``Content-Length``, i.e. whether the transfer is known complete.
+        """
+        if not url.startswith(("http://", "https://")):
+            raise RoboflowError("bad_url", f"image url is not http(s): {redact(url)[:200]}")
+
+        def attempt() -> bytes:
+            try:
+                resp = self._cdn.get(url, timeout=self.timeout)
+                data = resp.content
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise TransientError("connection", f"download: {type(exc).__name__}") from None
+            except requests.exceptions.ChunkedEncodingError:
+                raise TransientError("truncated_body", "download: body ended early") from None
+            if resp.status_code == 429 or resp.status_code in RETRYABLE_STATUS:
+                raise TransientError(f"http_{resp.status_code}", f"download: {resp.status_code}",
+                                     retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                                     status=resp.status_code)
+            if resp.status_code >= 400:
+                kind = "not_found" if resp.status_code == 404 else f"http_{resp.status_code}"
+                raise RoboflowError(kind, f"download: {resp.status_code}", status=resp.status_code)
+            expected = _int_or_none(resp.headers.get("Content-Length"))
+            if expected is not None and expected != len(data):
+                raise TransientError("truncated_body", f"download: {len(data)} of {expected} bytes")
+            if validate is not None:
+                validate(data, expected is not None)
+            return data
+
+        def on_retry(exc: TransientError, attempt_no: int, delay: float) -> None:
+            self.stats.count_retry("cdn_" + exc.kind)
+
+        return call_with_retries(attempt, self.retry, on_retry=on_retry)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

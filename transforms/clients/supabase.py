@@ -1,0 +1,220 @@
+"""Supabase client for the importer: Storage uploads and idempotent PostgREST writes.
+
+A thin layer over the official ``supabase`` client (one HTTP/1.1 ``httpx.Client`` shared by every
+thread of a worker) that turns Supabase's error shapes into :class:`TransientError` (retried with
+backoff) or :class:`PermanentError` (dead-lettered), with redacted messages. Storage answers most
+errors as HTTP 400 with ``statusCode`` as a *string*; a re-upload answers ``"409"`` and counts as
+success once the stored object is known to be ours.
+
+    client = SupabaseClient(url, service_key, bucket="od-images")
+    client.upload("ds/roboflow/abc.jpg", data, "image/jpeg")      # "uploaded" or "exists"
+    client.upsert("od_images", rows, on_conflict="source_ref")
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from postgrest.exceptions import APIError
+from storage3.exceptions import StorageApiError
+from supabase import ClientOptions, create_client
+
+from transforms.core.records import ExistingImage
+from transforms.core.redact import redact, register_secret
+from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
+from transforms.core.tally import count
+
+log = logging.getLogger(__name__)
+
+STORAGE_RETRYABLE = {"408", "429", "500", "502", "503", "504", "520", "522", "524", "544"}
+PG_RETRYABLE = {"57014", "40001", "40P01", "53300", "53400", "08000", "08003", "08006", "PGRST000", "PGRST001",
+                "PGRST002", "PGRST003"}
+
+
+def _is_retryable_code(code: Any) -> bool:
+    text = str(code or "")
+    return text in PG_RETRYABLE or text in STORAGE_RETRYABLE or (text.isdigit() and int(text) >= 500)
+
+
+def postgrest_error(exc: APIError, what: str) -> Exception:
+    """APIError -> TransientError/PermanentError with a redacted, one-line message."""
+    code = str(exc.code or "")
+    message = redact(f"{what}: {code} {exc.message or ''} {exc.details or ''}".strip())[:500]
+    if _is_retryable_code(code):
+        return TransientError(f"postgrest_{code or 'error'}", message)
+    return PermanentError(f"postgrest_{code or 'error'}", message)
+
+
+def storage_error(exc: StorageApiError, what: str) -> Exception:
+    status = str(exc.status)
+    message = redact(f"{what}: storage {status} {exc.code} {exc.message}")[:500]
+    if status in STORAGE_RETRYABLE:
+        return TransientError(f"storage_{status}", message, status=int(status) if status.isdigit() else None)
+    kind = {"413": "too_large", "415": "mime_not_allowed", "404": "bucket_not_found"}.get(status, f"storage_{status}")
+    return PermanentError(kind, message, status=int(status) if status.isdigit() else None)
+
+
+def transport_error(exc: httpx.HTTPError, what: str) -> TransientError:
+    return TransientError("connection", redact(f"{what}: {type(exc).__name__}: {exc}")[:300])
+
+
+class SupabaseClient:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        bucket: str = "od-images",
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        max_connections: int = 32,
+    ):
+        register_secret(key)
+        self.url = url.rstrip("/")
+        self.bucket = bucket
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+        self.client = create_client(self.url, key, ClientOptions(httpx_client=self._http))
+        # The sub-clients are created lazily without a lock: create them before threads share us.
+        self.storage = self.client.storage
+        self.postgrest = self.client.postgrest
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _with_retries(self, fn: Callable[[], Any], what: str) -> Any:
+        def attempt() -> Any:
+            try:
+                return fn()
+            except APIError as exc:
+                raise postgrest_error(exc, what) from None
+            except StorageApiError as exc:
+                raise storage_error(exc, what) from None
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, what) from None
+
+        def on_retry(exc: TransientError, attempt_no: int, delay: float) -> None:
+            count(f"retry.supabase.{exc.kind}")
+            log.debug("retrying %s after %s (attempt %d)", what, exc.kind, attempt_no)
+
+        return call_with_retries(attempt, self.retry, on_retry=on_retry)
+
+    # ---- Storage --------------------------------------------------------------------------
+
+    def public_url(self, path: str) -> str:
+        return f"{self.url}/storage/v1/object/public/{self.bucket}/{quote(path)}"
+
+    def upload(self, path: str, data: bytes, content_type: str) -> str:
+        """Upload once; "exists" when an earlier attempt or run already stored these bytes.
+
+        A ``409`` alone does not prove the stored object is ours (an interrupted writer, an old
+        importer), so its size is compared and a mismatch is overwritten.
+        """
+        bucket = self.storage.from_(self.bucket)
+
+        def put(upsert: bool) -> None:
+            bucket.upload(path, data, {"content-type": content_type, "upsert": "true" if upsert else "false",
+                                       "cache-control": "31536000"})
+
+        def attempt() -> str:
+            try:
+                put(upsert=False)
+                return "uploaded"
+            except StorageApiError as exc:
+                if str(exc.status) != "409":
+                    raise
+            info = bucket.info(path)
+            size = info.get("size") if isinstance(info, dict) else None
+            if size is None and isinstance(info, dict):
+                size = (info.get("metadata") or {}).get("size")
+            if size is not None and int(size) == len(data):
+                return "exists"
+            put(upsert=True)
+            return "uploaded"
+
+        return self._with_retries(attempt, f"upload {path}")
+
+    def bucket_info(self) -> dict[str, Any]:
+        bucket = self._with_retries(lambda: self.storage.get_bucket(self.bucket), f"bucket {self.bucket}")
+        return {"id": bucket.id, "file_size_limit": bucket.file_size_limit,
+                "allowed_mime_types": bucket.allowed_mime_types}
+
+    def create_bucket(self) -> None:
+        """Create the bucket private; an existing bucket of that name is fine."""
+
+        def run() -> None:
+            try:
+                self.storage.create_bucket(self.bucket, options={"public": False})
+            except StorageApiError as exc:
+                if str(exc.status) != "409" and "already exists" not in str(exc.message).lower():
+                    raise
+
+        self._with_retries(run, f"create bucket {self.bucket}")
+
+    # ---- PostgREST ------------------------------------------------------------------------
+
+    def select(self, table: str, columns: str, **filters: Any) -> list[dict[str, Any]]:
+        """``select columns from table where`` each ``col=value`` (a list/tuple means ``in``)."""
+
+        def run() -> list[dict[str, Any]]:
+            query = self.postgrest.table(table).select(columns)
+            for column, value in filters.items():
+                query = query.in_(column, list(value)) if isinstance(value, (list, tuple, set)) else query.eq(
+                    column, value)
+            return query.execute().data
+
+        return self._with_retries(run, f"select {table}")
+
+    def upsert(self, table: str, rows: list[dict[str, Any]], *, on_conflict: str,
+               ignore_duplicates: bool = False) -> None:
+        if not rows:
+            return
+        self._with_retries(
+            lambda: self.postgrest.table(table).upsert(
+                rows, on_conflict=on_conflict, ignore_duplicates=ignore_duplicates, returning="minimal",
+                default_to_null=False).execute(),
+            f"upsert {table}",
+        )
+
+    def existing_images(self, dataset_id: str, refs: Iterable[str]) -> dict[str, ExistingImage]:
+        """What an earlier run left for these source refs: object, file facts and import hash."""
+        refs = list(refs)
+        if not refs:
+            return {}
+        images = self.select(
+            "od_images", "id,source_ref,storage_path,file_hash,file_size_bytes,mime_type,width,height",
+            source_ref=refs)
+        hashes = {}
+        if images:
+            links = self.select("od_dataset_images", "image_id,import_hash", dataset_id=dataset_id,
+                                image_id=[r["id"] for r in images])
+            hashes = {r["image_id"]: r["import_hash"] for r in links}
+        return {
+            r["source_ref"]: ExistingImage(
+                image_id=r["id"], storage_path=r["storage_path"], file_hash=r["file_hash"],
+                file_size_bytes=r["file_size_bytes"], mime_type=r["mime_type"], width=r["width"],
+                height=r["height"], import_hash=hashes.get(r["id"]))
+            for r in images
+        }
+
+    def delete_stale_annotations(self, dataset_id: str, image_id: str, keep_keys: list[str]) -> None:
+        """Remove this image's annotations that the new import no longer has."""
+
+        def run() -> None:
+            query = self.postgrest.table("od_annotations").delete(returning="minimal").eq(
+                "dataset_id", dataset_id).eq("image_id", image_id)
+            if keep_keys:
+                query = query.not_.in_("source_key", keep_keys)
+            query.execute()
+
+        self._with_retries(run, "delete stale od_annotations")
+
+    def rpc(self, function: str, params: dict[str, Any]) -> Any:
+        return self._with_retries(lambda: self.postgrest.rpc(function, params).execute().data, f"rpc {function}")

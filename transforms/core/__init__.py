@@ -1,0 +1,1 @@
+"""Plain, Beam-free building blocks: records, conversions, redaction, secrets, retry and rate limits."""

@@ -1,0 +1,121 @@
+"""The records that flow between the pipeline's steps, and the run-wide import context.
+
+Everything here is small, picklable and free of secrets: Beam ships these between workers and
+writes dead letters from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+from transforms.core.redact import redact
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportContext:
+    """Run-wide constants every step needs; built once before the pipeline runs."""
+
+    dataset_id: str
+    workspace: str
+    project: str
+    version: int | None
+    bucket: str
+    class_ids: dict[str, str | None]  # Roboflow class name -> od_classes.id, None = skip
+    max_object_bytes: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """One Roboflow annotation: centre-pixel box, optional pixel polygon."""
+
+    label: str
+    x: float
+    y: float
+    width: float
+    height: float
+    points: tuple[tuple[float, float], ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDetails:
+    """What the details call tells about one image (the embedding and thumbnails are dropped)."""
+
+    image_id: str
+    name: str
+    owner: str | None
+    split: str | None
+    tags: tuple[str, ...]
+    created: float | None
+    width: int | None
+    height: int | None
+    boxes: tuple[Box, ...]
+    original_url: str
+    annotation_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExistingImage:
+    """What Supabase already holds for one image of this dataset (from an earlier run)."""
+
+    image_id: str  # od_images.id
+    storage_path: str | None
+    file_hash: str | None
+    file_size_bytes: int | None
+    mime_type: str | None
+    width: int | None
+    height: int | None
+    import_hash: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredImage:
+    """An image whose original is in Storage and whose rows are ready to be written."""
+
+    details: ImageDetails
+    storage_path: str
+    file_hash: str
+    size_bytes: int
+    mime_type: str
+    width: int
+    height: int
+    import_hash: str
+    uploaded: bool  # False when the object was already there (re-run) and nothing was sent
+    previously_imported: bool  # rows existed before: stale annotations may need removing
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """One image that could not be imported, with a redacted reason. One JSON line each."""
+
+    image_id: str
+    step: str
+    error_type: str
+    message: str
+    attempts: int = 1
+    time: str = ""
+
+    @classmethod
+    def of(cls, image_id: str, step: str, error: BaseException | str, attempts: int = 1) -> DeadLetter:
+        error_type = getattr(error, "kind", None) or (
+            type(error).__name__ if isinstance(error, BaseException) else "Error"
+        )
+        attempts = getattr(error, "attempts", attempts) or attempts
+        return cls(
+            image_id=image_id,
+            step=step,
+            error_type=str(error_type),
+            message=redact(error)[:2000],
+            attempts=int(attempts),
+            time=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> DeadLetter:
+        data: dict[str, Any] = json.loads(line)
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})

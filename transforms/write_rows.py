@@ -1,0 +1,90 @@
+"""Step 5: write ``od_images``, ``od_annotations`` and ``od_dataset_images`` rows, idempotently.
+
+One batch is four requests: merge-upsert the images (``on_conflict=source_ref``, ids are
+deterministic), merge-upsert the annotations (``dataset_id,image_id,source_key``, content-derived
+keys), delete the annotations a re-imported image no longer has, and upsert the dataset links
+*last*, carrying the import hash: a crash anywhere before leaves no hash, so the next run redoes
+the image. A constraint violation is narrowed down by halving the batch, so only the offending
+image is dead-lettered.
+
+    written = stored | WriteRows(supabase_config, context)
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from transforms.batch_step import BatchStepFn, run_batch_step
+from transforms.clients.resources import SupabaseConfig, supabase_client
+from transforms.core.convert import ImageRows, build_rows
+from transforms.core.records import ImportContext, StoredImage
+from transforms.core.retry import PermanentError
+
+
+class WriteRowsFn(BatchStepFn):
+    step = "write_rows"
+
+    def __init__(self, supabase: SupabaseConfig, context: ImportContext):
+        super().__init__(concurrency=1)
+        self.supabase = supabase
+        self.context = context
+
+    def setup(self) -> None:
+        super().setup()
+        self._holder = supabase_client(self.supabase)
+        self._client = self._holder.client
+
+    def write(self, group: list[tuple[StoredImage, ImageRows]]) -> None:
+        client = self._client
+        client.upsert("od_images", [rows.image for _, rows in group], on_conflict="source_ref")
+        client.upsert("od_annotations", [a for _, rows in group for a in rows.annotations],
+                      on_conflict="dataset_id,image_id,source_key")
+        for stored, rows in group:
+            if stored.previously_imported:
+                client.delete_stale_annotations(self.context.dataset_id, rows.image["id"],
+                                                [a["source_key"] for a in rows.annotations])
+        client.upsert("od_dataset_images", [rows.dataset_image for _, rows in group],
+                      on_conflict="dataset_id,image_id")
+
+    def write_isolating(self, group: list[tuple[StoredImage, ImageRows]]) -> dict[str, Exception]:
+        """Write the group; on a permanent error, halve it until the failing images are found."""
+        try:
+            self.write(group)
+            return {}
+        except PermanentError as exc:
+            if len(group) == 1:
+                return {group[0][0].details.image_id: exc}
+        except Exception as exc:  # retries exhausted: every image of the group is affected
+            return {stored.details.image_id: exc for stored, _ in group}
+        middle = len(group) // 2
+        return self.write_isolating(group[:middle]) | self.write_isolating(group[middle:])
+
+    def process(self, batch: list[StoredImage]):
+        ctx = self.context
+        group = [(stored, build_rows(stored, ctx, self._client.public_url(stored.storage_path)))
+                 for stored in batch]
+        failures = self.write_isolating(group)
+        for stored, rows in group:
+            image_id = stored.details.image_id
+            if image_id in failures:
+                yield self.dead_letter(image_id, failures[image_id])
+                continue
+            self.counter("images_written")
+            self.counter("images_changed" if stored.previously_imported else "images_new")
+            self.counter(f"split.{stored.details.split or 'none'}")
+            self.counter("annotations_written", len(rows.annotations))
+            for reason, n in rows.dropped_annotations.items():
+                self.counter(f"annotations_dropped.{reason}", n)
+            if stored.uploaded:
+                self.counter("images_uploaded")
+                self.counter("bytes_uploaded", stored.size_bytes)
+            yield image_id
+
+
+class WriteRows(beam.PTransform):
+    def __init__(self, supabase: SupabaseConfig, context: ImportContext):
+        super().__init__()
+        self.fn = WriteRowsFn(supabase, context)
+
+    def expand(self, batches):
+        return run_batch_step(batches, self.fn)
