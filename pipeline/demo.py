@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             f"(select image_count from od_datasets where id = '{DEMO_DATASET}') as dataset_image_count")[0]
         print("\nWhere to look:")
         print(f"  rows:     {counts}")
-        print(f"  objects:  {stack.storage.root}  (bucket od-images, {DEMO_DATASET}/roboflow/<image id>.<ext>)")
+        print(f"  objects:  {stack.storage.root / 'objects' / 'od-images'}  (the Storage double's files: "
+              f"{DEMO_DATASET}/roboflow/<image id>.<ext> is stored as <...>.d/<image id>.<ext>.obj)")
         print(f"  summary:  {workdir / 'summary.json'}")
         if args.keep_running:
             print(f"  Supabase: {stack.url}  (service key in $SUPABASE_SERVICE_ROLE_KEY of this process)")

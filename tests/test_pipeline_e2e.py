@@ -76,7 +76,8 @@ def assert_annotations_match(emu, stack, image_ids, tolerance=1e-5):
 
 def test_import_end_to_end_with_deleted_and_undecodable_images(roboflow_emulator, target, tmp_path, monkeypatch):
     emu = roboflow_emulator(image_count=150, project_type="instance-segmentation", seed=11,
-                            faults=FaultConfig(deleted_after_listing=3, undecodable=2))
+                            faults=FaultConfig(deleted_after_listing=3, undecodable=2, undefined_url_rate=0.2,
+                                               eventually_consistent=4, eventual_tries=2))
     code, summary, letters = run_import(emu, target, tmp_path, monkeypatch=monkeypatch)
 
     targets = emu.fault_targets()
@@ -85,6 +86,7 @@ def test_import_end_to_end_with_deleted_and_undecodable_images(roboflow_emulator
     assert {(d.image_id, d.step, d.error_type) for d in letters} == (
         {(i, "fetch_details", "not_found") for i in targets["deleted_after_listing"]}
         | {(i, "upload", "undecodable_image") for i in targets["undecodable"]})
+    assert len(targets["undefined_url"]) > 0 and len(targets["eventually_consistent"]) == 4
     assert summary["listed"] == 150 == summary["imported"] + summary["failed"]
     assert summary["failed"] == 5 and summary["unaccounted"] == 0
 
@@ -139,6 +141,17 @@ def test_rerun_writes_and_uploads_nothing_and_picks_up_changed_annotations(
     assert_annotations_match(emu, target, emu.dataset.image_ids)
     dupes = target.sql("select source_ref, count(*) from od_images group by 1 having count(*) > 1")
     assert dupes == []
+
+
+def test_offset_listing_in_parallel_splits_loses_nothing_with_four_workers(
+        roboflow_emulator, target, tmp_path, monkeypatch):
+    emu = roboflow_emulator(image_count=1100, seed=4, image_kb_max=6)
+    code, summary, _ = run_import(emu, target, tmp_path, "--roboflow_listing", "offset",
+                                  "--direct_num_workers", "4", monkeypatch=monkeypatch)
+    assert code == importer.EXIT_OK
+    assert summary["listed"] == summary["imported"] == 1100
+    assert summary["roboflow_api_calls"]["search"] >= 5  # several pages, read in parallel splits
+    assert target.sql("select count(distinct source_ref) as n from od_images")[0]["n"] == 1100
 
 
 @pytest.mark.parametrize("listing", ["token", "offset"])
