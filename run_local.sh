@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the importer locally. `./run_local.sh --demo` imports a generated project into a local
 # Supabase stand-in; otherwise the arguments go to `python -m pipeline.main`, on Beam's FnApiRunner
-# with 4 worker threads (the default DirectRunner loses data or refuses this pipeline; see README).
+# with 16 worker threads (the default DirectRunner loses data or refuses this pipeline; see README).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/bootstrap.sh >&2
@@ -10,4 +10,4 @@ if [ "${1:-}" = "--demo" ]; then
   exec .venv/bin/python -m pipeline.demo "$@"
 fi
 exec .venv/bin/python -m pipeline.main --runner=FnApiRunner --direct_running_mode=multi_threading \
-  --direct_num_workers="${DIRECT_NUM_WORKERS:-4}" "$@"
+  --direct_num_workers="${DIRECT_NUM_WORKERS:-16}" "$@"

@@ -84,6 +84,9 @@ def load_class_mapping(path: str | None) -> list[MappingEntry] | str:
         raise InputError(f"class mapping file {path} not found; check --class_mapping")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"class mapping file {path} cannot be read ({exc.strerror or exc}); check its "
+                         "permissions and --class_mapping") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"class mapping file {path} is not valid JSON ({exc}); fix the file") from None
     return parse_entries(data, path)

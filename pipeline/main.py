@@ -19,6 +19,7 @@ Exit codes: 0 every listed image is in Supabase; 3 finished, some images are in 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -34,24 +35,31 @@ from transforms.batch_images import BatchImages
 from transforms.batch_step import DEAD_LETTER
 from transforms.core.records import ImportContext
 from transforms.core.redact import install_log_redaction, redact
-from transforms.dead_letters import WriteDeadLetters, dead_letter_files, remove_dead_letters
+from transforms.dead_letters import WriteDeadLetters, dead_letter_files, read_dead_letters, remove_dead_letters
 from transforms.fetch_details import FetchDetails
-from transforms.list_images import ListImages
+from transforms.list_images import ListImages, count_listed
 from transforms.upload_images import UploadImages
 from transforms.write_rows import WriteRows
 
 log = logging.getLogger("pipeline")
 
 EXIT_OK, EXIT_FATAL, EXIT_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
-LOCAL_WORKERS = 4
+# Worker threads on the local runner. A batch waits for its slowest image (retries, back-off), so
+# more batches in flight keep the request slots busy: the reference fault run of 2,000 images took
+# 158 s with 4 workers and 62.6 s with 16 (see pipeline/testing/fault_run.py).
+LOCAL_WORKERS = 16
 # The default DirectRunner sends GroupIntoBatches pipelines to the legacy runner, which fails
 # splittable DoFns; it also tries to download Prism first. FnApiRunner runs this pipeline correctly.
 REFUSED_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
 
 
 def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: ImportContext,
-                   opts: ImportOptions, shards: int) -> None:
-    listed = p | "Project" >> beam.Create([checked.listing]) | "ListImages" >> ListImages(checked.roboflow)
+                   opts: ImportOptions, shards: int, retry_ids: list[str] | None = None) -> None:
+    if retry_ids is None:
+        listed = p | "Project" >> beam.Create([checked.listing]) | "ListImages" >> ListImages(checked.roboflow)
+    else:  # --retry_dead_letters: exactly the images an earlier run could not import
+        listed = {"ok": p | "DeadLetterIds" >> beam.Create(retry_ids) | "CountListed" >> beam.Map(count_listed),
+                  DEAD_LETTER: p | "NoListing" >> beam.Create([])}
     batches = listed["ok"] | "BatchImages" >> BatchImages(opts.batch_size, shards)
     details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency)
     stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
@@ -62,6 +70,18 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
         | "CollectDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path)
     )
+
+
+def images_to_retry(directory: str) -> list[str]:
+    """The image ids of an earlier run's dead letters; read before this run replaces them."""
+    letters = read_dead_letters(directory)
+    if not letters:
+        raise InputError(f"no dead letters under {directory}; check --retry_dead_letters (it takes the earlier "
+                         "run's --dead_letter_path)")
+    if any(letter.step == "list" for letter in letters):
+        raise InputError(f"the run that wrote {directory} lost listing pages, so its dead letters do not name "
+                         "every missing image; run the full import again instead of --retry_dead_letters")
+    return sorted({letter.image_id for letter in letters})
 
 
 def runner_settings(options: PipelineOptions) -> tuple[str, int]:
@@ -88,12 +108,17 @@ def runner_settings(options: PipelineOptions) -> tuple[str, int]:
 def run(argv: list[str] | None = None) -> int:
     install_log_redaction()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    options = PipelineOptions(argv)
-    opts = options.view_as(ImportOptions)
+    argv = sys.argv[1:] if argv is None else argv
     started = time.monotonic()
     try:
+        preflight.check_command_line(argv)  # before view_as: argparse would print its usage text
+        options = PipelineOptions(argv)
+        opts = options.view_as(ImportOptions)
         runner, processes = runner_settings(options)
+        retry_ids = images_to_retry(opts.retry_dead_letters) if opts.retry_dead_letters else None
         checked = preflight.check(opts, workers=processes)
+        if retry_ids is not None:
+            checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
         class_ids = preflight.prepare_target(checked)
     except InputError as exc:
         print(f"error: {redact(exc)}", file=sys.stderr)
@@ -106,7 +131,7 @@ def run(argv: list[str] | None = None) -> int:
              checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner)
 
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, checked, context, opts, shards)
+    build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
     result = pipeline.run()
     result.wait_until_finish()
 

@@ -52,5 +52,7 @@ class ImportOptions(PipelineOptions):
         run.add_argument("--batch_size", type=int, default=50, help="Images per batch")
         run.add_argument("--concurrency", type=int, default=20,
                          help="Concurrent requests per worker process")
+        run.add_argument("--retry_dead_letters", default=None,
+                         help="Directory of an earlier run's dead letters: re-import exactly those images")
         run.add_argument("--shards", type=int, default=None,
                          help="Batch key shards (default: 4 x workers)")

@@ -11,8 +11,8 @@ import requests
 
 from pipeline import main as importer
 from pipeline.testing.roboflow_emulator import FaultConfig
+from tests.importer import run_import as importer_run
 from transforms.core.convert import source_ref
-from transforms.dead_letters import read_dead_letters
 
 DATASET = "11111111-2222-4333-8444-555555555555"
 BUCKET = "od-images"
@@ -25,18 +25,7 @@ def target(clean_supabase):
 
 
 def run_import(emu, stack, out: Path, *extra: str, monkeypatch) -> tuple[int, dict, list]:
-    monkeypatch.setenv("ROBOFLOW_API_KEY", emu.config.api_key)
-    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", stack.service_role_key)
-    argv = [
-        "--roboflow_workspace", emu.config.workspace, "--roboflow_project", emu.config.project,
-        "--roboflow_api_url", emu.api_url, "--supabase_url", stack.url, "--dataset_id", DATASET,
-        "--dead_letter_path", str(out / "dead"), "--summary_path", str(out / "summary.json"), *extra,
-    ]
-    if "--class_mapping" not in extra:
-        argv += ["--class_mapping", "auto"]
-    code = importer.run(argv)
-    summary = json.loads((out / "summary.json").read_text())
-    return code, summary, read_dead_letters(str(out / "dead"))
+    return importer_run(emu, stack, out, DATASET, *extra, monkeypatch=monkeypatch)
 
 
 def expected_bbox(box: dict, width: int, height: int):

@@ -23,6 +23,9 @@ from transforms.core.tally import Tally, collecting
 
 DEAD_LETTER = "dead_letter"
 NAMESPACE = "roboflow_import"
+# Tasks per allowed in-flight request: a task sleeping in back-off holds a thread, not a request slot
+# (the clients' gates bound requests to --concurrency).
+POOL_PER_REQUEST = 4
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +50,8 @@ class BatchStepFn(beam.DoFn):
 
     def setup(self) -> None:
         self._pool = self._shared_pool.acquire(
-            lambda: WorkerResources(executor=ThreadPoolExecutor(self.concurrency, thread_name_prefix=self.step)),
+            lambda: WorkerResources(executor=ThreadPoolExecutor(self.concurrency * POOL_PER_REQUEST,
+                                                                thread_name_prefix=self.step)),
             tag=f"pool-{self.step}-{self.concurrency}",
         ).executor
         self._throttling = ThrottlingSignaler(NAMESPACE)
@@ -64,6 +68,14 @@ class BatchStepFn(beam.DoFn):
                 self.counter("throttled_ms", int(n * 1000))
             else:
                 self.counter(name, int(n))
+
+    def collect(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn`` on this thread, folding what its clients counted (retries) into counters."""
+        with collecting() as tally:
+            try:
+                return fn(*args)
+            finally:
+                self.fold(tally)
 
     def run_each(self, items: Iterable[T], task: Callable[[T], R]) -> list[tuple[T, R | None, Exception | None]]:
         """Run ``task`` on every item concurrently; return (item, result, error) in input order."""

@@ -1,7 +1,9 @@
 """Last step: every dead letter of every step, as JSON Lines under ``--dead_letter_path``.
 
 One line per image that did not make it: image id, step, error type, redacted message, attempts,
-time. Written through Beam's FileSystems, so a ``gs://`` path works the same on Dataflow.
+time. One file (``dead_letters-00000-of-00001.jsonl``): letters are few, and one file is what a
+person opens and what ``--retry_dead_letters`` reads. Written through Beam's FileSystems, so a
+``gs://`` path works the same on Dataflow.
 
     (listing_dead, details_dead, upload_dead, write_dead) | beam.Flatten() | WriteDeadLetters(path)
 """
@@ -55,5 +57,5 @@ class WriteDeadLetters(beam.PTransform):
             letters
             | "ToJson" >> beam.Map(DeadLetter.to_json)
             | "Write" >> beam.io.WriteToText(FileSystems.join(self.directory, FILE_PREFIX),
-                                             file_name_suffix=FILE_SUFFIX)
+                                             file_name_suffix=FILE_SUFFIX, num_shards=1)
         )

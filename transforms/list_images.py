@@ -147,11 +147,11 @@ class ListImages(beam.PTransform):
         distinct = (
             listed.ok
             | "Distinct" >> beam.Distinct()
-            | "CountListed" >> beam.Map(_count_listed)
+            | "CountListed" >> beam.Map(count_listed)
         )
         return {"ok": distinct, DEAD_LETTER: listed[DEAD_LETTER]}
 
 
-def _count_listed(image_id: str) -> str:
+def count_listed(image_id: str) -> str:
     Metrics.counter(NAMESPACE, "images_listed").inc()
     return image_id

@@ -63,7 +63,7 @@ class WriteRowsFn(BatchStepFn):
         ctx = self.context
         group = [(stored, build_rows(stored, ctx, self._client.public_url(stored.storage_path)))
                  for stored in batch]
-        failures = self.write_isolating(group)
+        failures = self.collect(self.write_isolating, group)
         for stored, rows in group:
             image_id = stored.details.image_id
             if image_id in failures:

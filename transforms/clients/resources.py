@@ -27,6 +27,7 @@ class RoboflowConfig:
     rate_limit: float | None = None  # requests/s for this worker process; None = adapt
     timeout: float = 30.0
     pool_size: int = 32
+    max_in_flight: int | None = None  # concurrent requests per worker process (--concurrency)
     retry: RetryPolicy = RetryPolicy()
 
 
@@ -37,6 +38,7 @@ class SupabaseConfig:
     bucket: str = "od-images"
     timeout: float = 60.0
     max_connections: int = 32
+    max_in_flight: int | None = None
     retry: RetryPolicy = RetryPolicy(max_attempts=12, max_elapsed=180.0)
 
 
@@ -57,7 +59,8 @@ def roboflow_client(config: RoboflowConfig) -> _Holder:
     def make() -> _Holder:
         return _Holder(RoboflowClient(
             config.api_url, config.api_key.resolve(), limiter=AdaptiveRateLimiter(config.rate_limit),
-            retry=config.retry, timeout=config.timeout, pool_size=config.pool_size))
+            retry=config.retry, timeout=config.timeout, pool_size=config.pool_size,
+            max_in_flight=config.max_in_flight))
 
     with _lock:
         return _shared.acquire(make, tag=f"roboflow:{hash(config)}")
@@ -69,7 +72,7 @@ def supabase_client(config: SupabaseConfig) -> _Holder:
     def make() -> _Holder:
         return _Holder(SupabaseClient(
             config.url, config.service_key.resolve(), bucket=config.bucket, retry=config.retry,
-            timeout=config.timeout, max_connections=config.max_connections))
+            timeout=config.timeout, max_connections=config.max_connections, max_in_flight=config.max_in_flight))
 
     with _lock:
         return _shared.acquire(make, tag=f"supabase:{hash(config)}")

@@ -12,6 +12,7 @@ redacted messages, since Roboflow's 401 body echoes the key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -90,6 +91,7 @@ class RoboflowClient:
         timeout: float = 30.0,
         pool_size: int = 32,
         not_found_retries: int = 2,
+        max_in_flight: int | None = None,
     ):
         register_secret(api_key)
         self.api_url = api_url.rstrip("/")
@@ -98,6 +100,7 @@ class RoboflowClient:
         self.timeout = timeout
         self.not_found_retries = not_found_retries
         self.stats = CallStats()
+        self._gate = threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
         self._api = self._session(pool_size, {"Authorization": f"Bearer {api_key}"})
         self._cdn = self._session(pool_size, {})
 
@@ -130,7 +133,8 @@ class RoboflowClient:
                 count("roboflow.throttled_seconds", waited)
             self.stats.count_call(route)
             try:
-                resp = self._api.request(method, url, json=body, timeout=self.timeout)
+                with self._gate:
+                    resp = self._api.request(method, url, json=body, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError("connection", f"{route}: {type(exc).__name__}: {redact(exc)}") from None
             if resp.status_code == 429:
@@ -214,8 +218,9 @@ class RoboflowClient:
 
         def attempt() -> bytes:
             try:
-                resp = self._cdn.get(url, timeout=self.timeout)
-                data = resp.content
+                with self._gate:
+                    resp = self._cdn.get(url, timeout=self.timeout)
+                    data = resp.content
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError("connection", f"download: {type(exc).__name__}") from None
             except requests.exceptions.ChunkedEncodingError:

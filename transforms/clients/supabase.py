@@ -13,7 +13,9 @@ success once the stored object is known to be ours.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
@@ -37,7 +39,8 @@ PG_RETRYABLE = {"57014", "40001", "40P01", "53300", "53400", "08000", "08003", "
 
 def _is_retryable_code(code: Any) -> bool:
     text = str(code or "")
-    return text in PG_RETRYABLE or text in STORAGE_RETRYABLE or (text.isdigit() and int(text) >= 500)
+    # HTTP statuses have three digits; SQLSTATEs such as 23505 have five and are not retryable by number.
+    return text in PG_RETRYABLE or text in STORAGE_RETRYABLE or (len(text) == 3 and text.isdigit() and int(text) >= 500)
 
 
 def postgrest_error(exc: APIError, what: str) -> Exception:
@@ -72,11 +75,13 @@ class SupabaseClient:
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         max_connections: int = 32,
+        max_in_flight: int | None = None,
     ):
         register_secret(key)
         self.url = url.rstrip("/")
         self.bucket = bucket
         self.retry = retry or RetryPolicy()
+        self._gate = threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -92,7 +97,8 @@ class SupabaseClient:
     def _with_retries(self, fn: Callable[[], Any], what: str) -> Any:
         def attempt() -> Any:
             try:
-                return fn()
+                with self._gate:
+                    return fn()
             except APIError as exc:
                 raise postgrest_error(exc, what) from None
             except StorageApiError as exc:

@@ -128,6 +128,8 @@ def sniff_image(data: bytes) -> ImageInfo:
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
+    except Image.DecompressionBombError as exc:  # a header claiming more pixels than anything can decode
+        raise ImageDataError("undecodable_image", f"{ext} is a decompression bomb: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDataError("undecodable_image", f"{ext} header unreadable: {exc}") from exc
     if width <= 0 or height <= 0:
@@ -240,7 +242,7 @@ def parse_details(payload: dict[str, Any]) -> ImageDetails:
         owner=owner,
         split=image.get("split"),
         tags=tuple(str(t) for t in image.get("tags") or ()),
-        created=_number(image.get("created")) if image.get("created") is not None else None,
+        created=_finite_or_none(image.get("created")),
         width=_positive_int(annotation.get("width")),
         height=_positive_int(annotation.get("height")),
         boxes=tuple(boxes),
@@ -250,18 +252,42 @@ def parse_details(payload: dict[str, Any]) -> ImageDetails:
 
 
 def _number(value: Any) -> float:
+    """A float, or NaN for anything that is none (null, "abc", an integer too big for a float)."""
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
+
+
+def _finite_or_none(value: Any) -> float | None:
+    number = _number(value)
+    return number if math.isfinite(number) else None
 
 
 def _positive_int(value: Any) -> int | None:
     try:
         n = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return n if n > 0 else None
+
+
+def pg_text(value: Any) -> Any:
+    """Strings as Postgres ``text``/``jsonb`` accept them, in lists and dicts too: NUL and lone
+    surrogates (which JSON can carry and Postgres refuses) become U+FFFD; the rest is untouched."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+        return value
+    if isinstance(value, dict):
+        return {pg_text(k): pg_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [pg_text(v) for v in value]
+    return value
 
 
 # ---- hashes and rows ------------------------------------------------------------------------
@@ -333,7 +359,7 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
                 "polygon": points_to_polygon(box.points, width, height),
                 "source_key": annotation_source_key(box, seen),
                 "is_ai_generated": False,
-                "attributes": {"roboflow_label": box.label},
+                "attributes": {"roboflow_label": pg_text(box.label)},
             }
         )
     status = "annotated" if annotations else "pending"
@@ -355,7 +381,7 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
     image_row = {
         "id": image_id,
         "filename": stored.storage_path.rsplit("/", 1)[-1],
-        "original_filename": d.name[:1024] or None,
+        "original_filename": pg_text(d.name[:1024]) or None,
         "image_url": public_url,
         "width": stored.width,
         "height": stored.height,
@@ -363,9 +389,9 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
         "mime_type": stored.mime_type,
         "source": SOURCE,
         "folder": f"roboflow/{ctx.workspace}/{ctx.project}",
-        "tags": list(dict.fromkeys([*d.tags, *provenance])),
+        "tags": pg_text(list(dict.fromkeys([*d.tags, *provenance]))),
         "status": status,
-        "metadata": {"roboflow": roboflow},
+        "metadata": {"roboflow": pg_text(roboflow)},
         "storage_bucket": ctx.bucket,
         "storage_path": stored.storage_path,
         "file_hash": stored.file_hash,

@@ -1,17 +1,28 @@
-"""A token bucket shared by every thread of a worker, adapting to 429s and ``Retry-After``.
+"""A token bucket shared by every thread of a worker that finds and keeps under a rate limit.
 
-Roboflow's limit is per key. With ``rate`` given (``--roboflow_rate_limit`` divided among
-workers) the bucket never exceeds it and only slows down when told to; with ``rate=None`` it
-starts high and searches for the limit: multiplicative decrease on each 429, additive increase
-while requests succeed. A ``Retry-After`` pauses every thread until that moment.
+Roboflow's limit is per key. With ``rate`` given (``--roboflow_rate_limit``, divided among worker
+processes) the bucket never exceeds it; with ``rate=None`` it starts at ``initial_rate`` and
+searches. Either way it watches the share of 429 answers per window (``window`` seconds and at least
+``min_samples`` requests) and compares it with a *noise floor* of 429s that are not its fault:
+
+* more 429s than the floor (plus ``tolerance``): cut the rate by the excess (at most by half);
+* if fewer requests got through in the window after a cut than before it, the cut did not help:
+  those 429s do not depend on the rate (a flaky proxy, the emulator's random faults), so their share
+  becomes the floor and the cut is undone. Against a real limit the accepted rate stays the same
+  after a cut (the limit), only the share of 429s falls;
+* otherwise, if the bucket held callers back during the window, grow by ``increase`` (up to ``rate``).
+
+``Retry-After`` is honoured by the retry of the request that got it (see ``retry.py``), not by
+freezing every thread.
 
     limiter = AdaptiveRateLimiter(rate=100)
     limiter.acquire()          # blocks until a token is free; returns seconds waited
-    limiter.on_throttled(2.0)  # a 429 said Retry-After: 2
+    limiter.on_throttled()     # the request got a 429
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +35,11 @@ class AdaptiveRateLimiter:
         *,
         initial_rate: float = 200.0,
         min_rate: float = 0.5,
-        decrease: float = 0.85,
-        increase_per_second: float = 0.02,
+        window: float = 1.0,
+        min_samples: int = 20,
+        tolerance: float = 0.05,
+        increase: float = 1.1,
+        floor_smoothing: float = 0.2,
         burst_seconds: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -33,30 +47,66 @@ class AdaptiveRateLimiter:
         self.max_rate = rate
         self.rate = float(rate if rate is not None else initial_rate)
         self.min_rate = min_rate
-        self.decrease = decrease
-        self.increase_per_second = increase_per_second
+        self.window = window
+        self.min_samples = min_samples
+        self.tolerance = tolerance
+        self.increase = increase
+        self.floor_smoothing = floor_smoothing
         self.burst_seconds = burst_seconds
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        now = clock()
         self._tokens = 1.0
-        self._last = clock()
-        self._paused_until = 0.0
-        self._last_cut = float("-inf")
-        self.throttled_seconds = 0.0
+        self._last = now
+        self._window_start = now
+        self._requests = 0
+        self._throttled = 0
+        self._held_back = False
+        self.floor = 0.0
+        self._last_cut: tuple[float, float] | None = None  # (rate before the cut, accepted/s before it)
         self.throttle_events = 0
 
     @property
     def capacity(self) -> float:
         return max(1.0, self.rate * self.burst_seconds)
 
-    def _refill(self, now: float, grow: bool = True) -> None:
+    def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._last)
         self._last = now
         self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
-        if grow and (self.max_rate is None or self.rate < self.max_rate):
-            grown = self.rate * (1 + self.increase_per_second * elapsed)
-            self.rate = grown if self.max_rate is None else min(self.max_rate, grown)
+
+    def _threshold(self) -> float:
+        """How far above the floor a window's share must be to mean something: three standard
+        deviations of a share measured on this many requests, and at least ``tolerance``."""
+        p = min(max(self.floor, 0.02), 0.98)
+        return max(self.tolerance, 3.0 * math.sqrt(p * (1.0 - p) / self._requests))
+
+    def _close_window(self, now: float) -> None:
+        elapsed = now - self._window_start
+        if elapsed < self.window or self._requests < self.min_samples:
+            return
+        share = self._throttled / self._requests
+        accepted = self._requests * (1.0 - share) / elapsed
+        threshold = self._threshold()
+        last_cut, self._last_cut = self._last_cut, None
+        if last_cut is not None and share > self.floor + threshold and accepted < last_cut[1] * 0.85:
+            # Fewer answers got through after the cut: the 429s were not about our rate.
+            self.floor = share
+            self.rate = last_cut[0]
+        elif share > self.floor + threshold:
+            self._last_cut = (self.rate, accepted)
+            self.rate = max(self.min_rate, self.rate * max(0.5, 1.0 - (share - self.floor)))
+            self._tokens = min(self._tokens, 0.0)
+        else:
+            if share < self.floor:  # the floor only rises on evidence (above); it decays as 429s fade
+                self.floor += self.floor_smoothing * (share - self.floor)
+            if self._held_back:
+                grown = self.rate * self.increase
+                self.rate = grown if self.max_rate is None else min(self.max_rate, grown)
+        self._window_start = now
+        self._requests = self._throttled = 0
+        self._held_back = False
 
     def acquire(self) -> float:
         """Take one token, sleeping as needed. Returns the seconds spent waiting."""
@@ -65,28 +115,19 @@ class AdaptiveRateLimiter:
             with self._lock:
                 now = self._clock()
                 self._refill(now)
-                if now < self._paused_until:
-                    wait = self._paused_until - now
-                elif self._tokens >= 1.0 - 1e-9:
+                self._close_window(now)
+                if self._tokens >= 1.0 - 1e-9:
                     self._tokens -= 1.0
+                    self._requests += 1
                     return waited
-                else:
-                    wait = (1.0 - self._tokens) / self.rate
+                self._held_back = True
+                wait = (1.0 - self._tokens) / self.rate
             self._sleep(wait)
             waited += wait
 
     def on_throttled(self, retry_after: float | None = None) -> None:
-        """A 429: slow down once per burst of 429s, and pause everyone for ``Retry-After``."""
+        """Count a 429 for this window. ``retry_after`` is the retrying caller's to honour."""
         with self._lock:
-            now = self._clock()
-            self._refill(now, grow=False)
             self.throttle_events += 1
-            if now - self._last_cut > 1.0 / max(self.rate, self.min_rate) * 10:
-                self.rate = max(self.min_rate, self.rate * self.decrease)
-                self._last_cut = now
-                self._tokens = min(self._tokens, 0.0)
-            if retry_after:
-                until = now + retry_after
-                if until > self._paused_until:
-                    self.throttled_seconds += until - max(now, self._paused_until)
-                    self._paused_until = until
+            self._throttled += 1
+            self._close_window(self._clock())
