@@ -25,8 +25,8 @@ from pipeline.testing.roboflow_emulator import Dataset, FaultConfig
 from pipeline.testing.roboflow_emulator.dataset import HOSTILE_CLASSES, ODD_NAMES
 from pipeline.testing.roboflow_emulator.images import ImageFactory
 from pipeline.testing.supabase_stack.faults import StackFaults
+from tests.importer import run_import as importer_run
 from transforms.core.convert import source_ref
-from transforms.dead_letters import read_dead_letters
 
 DATASET = "4057113e-0dd5-4a7a-9b1e-0000000000a4"
 BUCKET = "od-images"
@@ -64,18 +64,7 @@ def target(clean_supabase):
 
 
 def run_import(emu, stack, out: Path, *extra: str, monkeypatch) -> tuple[int, dict, list]:
-    monkeypatch.setenv("ROBOFLOW_API_KEY", emu.config.api_key)
-    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", stack.service_role_key)
-    argv = [
-        "--roboflow_workspace", emu.config.workspace, "--roboflow_project", emu.config.project,
-        "--roboflow_api_url", emu.api_url, "--supabase_url", stack.url, "--dataset_id", DATASET,
-        "--dead_letter_path", str(out / "dead"), "--summary_path", str(out / "summary.json"), *extra,
-    ]
-    if "--class_mapping" not in extra:
-        argv += ["--class_mapping", "auto"]
-    code = importer.run(argv)
-    summary = json.loads((out / "summary.json").read_text())
-    return code, summary, read_dead_letters(str(out / "dead"))
+    return importer_run(emu, stack, out, DATASET, *extra, monkeypatch=monkeypatch)
 
 
 def after_preflight(monkeypatch, action) -> None:
