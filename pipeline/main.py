@@ -84,8 +84,11 @@ def images_to_retry(directory: str) -> list[str]:
     return sorted({letter.image_id for letter in letters})
 
 
-def runner_settings(options: PipelineOptions) -> tuple[str, int]:
-    """Pin the local runner (FnApiRunner, several threads) unless told otherwise; refuse the traps."""
+def runner_settings(options: PipelineOptions, argv: list[str]) -> tuple[str, int]:
+    """Pin the local runner (FnApiRunner, several threads) unless told otherwise; refuse the traps.
+
+    ``--direct_num_workers`` defaults to 1 in Beam, so only its absence from ``argv`` says "not given".
+    """
     standard = options.view_as(StandardOptions)
     direct = options.view_as(DirectOptions)
     if standard.runner is None:
@@ -96,7 +99,7 @@ def runner_settings(options: PipelineOptions) -> tuple[str, int]:
                          "GroupIntoBatches to the legacy runner, which fails splittable DoFns); "
                          "use --runner=FnApiRunner (the default) or DataflowRunner")
     if name == "fnapirunner":
-        if not direct.direct_num_workers:
+        if not any(arg.split("=", 1)[0] == "--direct_num_workers" for arg in argv):
             direct.direct_num_workers = LOCAL_WORKERS
         if direct.direct_running_mode == "in_memory":
             direct.direct_running_mode = "multi_threading"
@@ -114,7 +117,7 @@ def run(argv: list[str] | None = None) -> int:
         preflight.check_command_line(argv)  # before view_as: argparse would print its usage text
         options = PipelineOptions(argv)
         opts = options.view_as(ImportOptions)
-        runner, processes = runner_settings(options)
+        runner, processes = runner_settings(options, argv)
         retry_ids = images_to_retry(opts.retry_dead_letters) if opts.retry_dead_letters else None
         checked = preflight.check(opts, workers=processes)
         if retry_ids is not None:

@@ -190,3 +190,20 @@ def test_few_requests_are_not_enough_to_judge():
     t.now += 2.0
     limiter.acquire()
     assert limiter.rate == 100.0
+
+
+def test_callers_that_find_no_token_reserve_the_next_ones_and_sleep_once_each():
+    """Twenty threads arriving together: each sleeps once, until its own slot; none polls."""
+    t = FakeTime()
+    limiter = limiter_with(t, 100.0, burst_seconds=0.0)
+    limiter.acquire()  # the one token in the bucket
+    recorded: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the callers arrive together: the clock does not move while they queue
+        recorded.append(seconds)
+        assert len(recorded) <= 20, "a caller slept again instead of waiting for its reserved slot"
+
+    limiter._sleep = sleep
+    for _ in range(20):
+        limiter.acquire()
+    assert recorded == pytest.approx([0.01 * k for k in range(1, 21)])

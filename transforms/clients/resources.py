@@ -49,7 +49,10 @@ class _Holder:
         self.client = client
 
 
-_shared = Shared()
+# One Shared per kind: a Shared holds one object, and acquiring it with another tag replaces that object,
+# so a single Shared for both kinds would build a new Roboflow client (and rate limiter) for every DoFn.
+_shared_roboflow = Shared()
+_shared_supabase = Shared()
 _lock = threading.Lock()
 
 
@@ -63,7 +66,7 @@ def roboflow_client(config: RoboflowConfig) -> _Holder:
             max_in_flight=config.max_in_flight))
 
     with _lock:
-        return _shared.acquire(make, tag=f"roboflow:{hash(config)}")
+        return _shared_roboflow.acquire(make, tag=f"roboflow:{hash(config)}")
 
 
 def supabase_client(config: SupabaseConfig) -> _Holder:
@@ -75,4 +78,4 @@ def supabase_client(config: SupabaseConfig) -> _Holder:
             timeout=config.timeout, max_connections=config.max_connections, max_in_flight=config.max_in_flight))
 
     with _lock:
-        return _shared.acquire(make, tag=f"supabase:{hash(config)}")
+        return _shared_supabase.acquire(make, tag=f"supabase:{hash(config)}")

@@ -109,21 +109,25 @@ class AdaptiveRateLimiter:
         self._held_back = False
 
     def acquire(self) -> float:
-        """Take one token, sleeping as needed. Returns the seconds spent waiting."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = self._clock()
-                self._refill(now)
-                self._close_window(now)
-                if self._tokens >= 1.0 - 1e-9:
-                    self._tokens -= 1.0
-                    self._requests += 1
-                    return waited
-                self._held_back = True
-                wait = (1.0 - self._tokens) / self.rate
-            self._sleep(wait)
-            waited += wait
+        """Take one token, sleeping as needed. Returns the seconds spent waiting.
+
+        A caller that finds no token reserves the next one (the bucket goes into debt) and sleeps once
+        until it is due. Polling instead would wake every waiting thread at every token: with dozens of
+        request threads that herd cost a whole core.
+        """
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            self._close_window(now)
+            self._requests += 1
+            if self._tokens >= 1.0 - 1e-9:
+                self._tokens -= 1.0
+                return 0.0
+            self._held_back = True
+            wait = (1.0 - self._tokens) / self.rate
+            self._tokens -= 1.0
+        self._sleep(wait)
+        return wait
 
     def on_throttled(self, retry_after: float | None = None) -> None:
         """Count a 429 for this window. ``retry_after`` is the retrying caller's to honour."""
