@@ -39,7 +39,7 @@ class ImportOptions(PipelineOptions):
         sb.add_argument("--create_bucket", action="store_true", default=False,
                         help="Create the bucket when it is missing (private)")
         sb.add_argument("--class_mapping", default=None,
-                        help="JSON file: [{source_name, target_class_id, create_new, skip, color}], "
+                        help="JSON or YAML file: [{source_name, target_class_id, create_new, skip, color}], "
                              "or 'auto' to map every class to a dataset class of the same name")
         sb.add_argument("--supabase_key_secret", default=None,
                         help="Secret Manager version name holding the service-role key (Dataflow); "
@@ -56,3 +56,8 @@ class ImportOptions(PipelineOptions):
                          help="Directory of an earlier run's dead letters: re-import exactly those images")
         run.add_argument("--shards", type=int, default=None,
                          help="Batch key shards (default: 4 x workers)")
+        run.add_argument("--quiet", action="store_true", default=False,
+                         help="No progress line on stderr (the summary is still printed)")
+        run.add_argument("--progress_interval", type=float, default=10.0,
+                         help="Seconds between progress lines when stderr is not a terminal (default 10)")
+
