@@ -29,7 +29,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import preflight
+from pipeline import plan, preflight
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
@@ -41,6 +41,7 @@ from transforms.core.redact import install_log_redaction, redact
 from transforms.dead_letters import WriteDeadLetters, dead_letter_files, read_dead_letters, remove_dead_letters
 from transforms.fetch_details import FetchDetails
 from transforms.list_images import ListImages, count_listed
+from transforms.prune import PruneImages
 from transforms.upload_images import UploadImages
 from transforms.write_rows import WriteRows
 
@@ -74,6 +75,9 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
         | "CollectDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path)
     )
+    if checked.prune:  # after a complete listing only; see transforms/prune.py
+        ({"listed": listed["ok"], "lost_pages": listed[DEAD_LETTER]}
+         | "PruneImages" >> PruneImages(checked.supabase, context, checked.prune, checked.listing.total))
 
 
 def images_to_retry(directory: str) -> list[str]:
@@ -173,6 +177,8 @@ def run(argv: list[str] | None = None) -> int:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if plan.requested(argv):  # --plan: reads only, prints what the import would do (pipeline/plan.py)
+            return plan.run_plan(argv)
         outcome = execute(argv)
     except InputError as exc:
         print(f"error: {redact(exc)}", file=sys.stderr)
