@@ -187,8 +187,11 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
     }
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} B"
 
 
 def _duration(seconds: float | None) -> str:
@@ -211,8 +214,8 @@ def render_plan(plan: dict[str, Any]) -> str:
         f"  images             {listing['listed']:,} listed ({listing['mode']} listing, {listing['pages']} pages; "
         f"Roboflow reports {listing['reported_total']:,})",
         f"    new              {plan['new']:,}",
-        f"    already imported {plan['already_imported']:,}  (re-checked with one details call each; only "
-        "changed ones are rewritten, which cannot be known before)",
+        f"    already imported {plan['already_imported']:,}  (one details call each tells whether it changed; "
+        "unchanged ones are skipped)",
     ]
     if plan["interrupted_earlier"]:
         lines.append(f"    interrupted      {plan['interrupted_earlier']:,}  (an earlier run stopped mid-image: "
@@ -234,10 +237,10 @@ def render_plan(plan: dict[str, Any]) -> str:
         lines.append(f"    {name:<{width}}  {n if n is not None else '?':>7}")
     size, timing = plan["bytes"], plan["time"]
     lines += [
-        f"  bytes to upload    ~{_mb(size['to_upload_estimate'])}  (mean {_mb(size['sample_mean'])} of "
-        f"{size['sample_images']} sampled new images; already stored {_mb(size['already_imported'])})",
+        f"  bytes to upload    ~{_size(size['to_upload_estimate'])}  (mean {_size(size['sample_mean'])} of "
+        f"{size['sample_images']} sampled new images; already stored {_size(size['already_imported'])})",
         f"  time               ~{_duration(timing['seconds_estimate'])}  ({timing['roboflow_calls']:,} Roboflow calls "
-        f"at {timing['rate_per_s']:g}/s; {timing['rate_basis']})",
+        f"at {timing['rate_per_s']:g}/s; {timing['rate_basis']}; pipeline start-up comes on top)",
     ]
     mapping = plan["class_mapping"]
     for label, key in (("unmapped classes", "unmapped"), ("classes to create", "would_create"),

@@ -138,7 +138,7 @@ def render(summary: dict) -> str:
     prune = summary.get("prune")
     if prune is not None:
         done = ("marked source_missing_at" if prune["mode"] == "mark"
-                else f"{prune['objects_removed']:,} objects removed")
+                else f"objects removed {prune['objects_removed']:,}")
         note = f"--prune {prune['mode']}: {done}" + (f", {prune['unmarked']:,} unmarked" if prune["unmarked"] else "")
         if prune["skipped"]:
             note = f"--prune skipped for {prune['skipped']:,} images: listing incomplete"
