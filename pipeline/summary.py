@@ -59,7 +59,7 @@ def prune_outcome(counters: dict[str, int], mode: str | None) -> dict[str, Any] 
     }
     if outcome["skipped"]:
         outcome["note"] = ("not pruned: the listing was incomplete (lost pages or fewer images than Roboflow "
-                           "reported), so missing images cannot be told from unlisted ones; run again")
+                           "reported) or empty, so missing images cannot be told from unlisted ones; run again")
     return outcome
 
 

@@ -9,9 +9,9 @@ What is already imported is read from Supabase (this dataset's ``od_dataset_imag
 * imported, listed and marked missing earlier -> the mark is cleared.
 
 Pruning waits for the listing (side inputs) and happens only when it was complete: no lost page and
-at least Roboflow's total listed. Otherwise nothing is removed and ``prune_skipped`` says how many
-would have been. Objects go first and ``od_images`` last, so a run stopped half way leaves rows a
-second run finds and finishes.
+at least Roboflow's total listed, and never on an empty listing (a glitch must not wipe a dataset).
+Otherwise nothing is removed and ``prune_skipped`` says how many would have been. Objects go first
+and ``od_images`` last, so a run stopped half way leaves rows a second run finds and finishes.
 
     {"listed": ids, "lost_pages": listing_dead_letters} | PruneImages(supabase_config, context, "delete", total)
 """
@@ -148,7 +148,7 @@ class PruneFn(beam.DoFn):
                     _inc("images_unmarked", len(unmark))
                 if not stale:
                     return
-                if lost_pages or listed < self.total:
+                if lost_pages or listed < self.total or not listed:  # an empty listing never prunes everything
                     _inc("prune_skipped", len(stale))
                     return
                 if self.mode == "mark":

@@ -141,3 +141,60 @@ def test_a_skipped_prune_says_why_and_a_failed_one_makes_the_run_incomplete():
     counters = {"images_listed": 3, "images_written": 3, "prune_failed": 1}
     summary = build_summary(counters, checked=checked(prune="mark"), seconds=1.0, dead_letter_files=[])
     assert not summary["complete"] and "1 failed" in render(summary)
+
+
+class RecordingClient:
+    """Stands in for SupabaseClient in PruneFn: records the calls, links one image to another dataset."""
+
+    def __init__(self, shared_with_other: set[str] = frozenset()):
+        self.calls: list[tuple] = []
+        self.shared = shared_with_other
+
+    def select(self, table, columns, **filters):
+        self.calls.append(("select", table))
+        return [{"image_id": i, "dataset_id": "other"} for i in filters["image_id"] if i in self.shared]
+
+    def remove_objects(self, paths):
+        self.calls.append(("remove", tuple(paths)))
+
+    def delete_rows(self, table, **filters):
+        self.calls.append(("delete", table, tuple(filters.get("image_id") or filters.get("id"))))
+
+    def update_rows(self, table, values, **filters):
+        self.calls.append(("update", table, tuple(filters["image_id"]), values["source_missing_at"] is None))
+
+
+def prune_fn(mode: str, total: int, client: RecordingClient):
+    from transforms.prune import PruneFn
+
+    fn = PruneFn(None, "d1", mode, total)
+    fn._holder = types.SimpleNamespace(client=client)
+    return fn
+
+
+def test_prune_deletes_objects_first_and_keeps_rows_another_dataset_links():
+    client = RecordingClient(shared_with_other={"u2"})
+    a, b = ImportedImage("a", "u1", "d1/roboflow/a.jpg", "h", 5), ImportedImage("b", "u2", "d1/roboflow/b.jpg", "h", 7)
+    prune_fn("delete", 10, client).process([("prune", a), ("prune", b)], listed=10, lost_pages=0)
+    assert client.calls == [("select", "od_dataset_images"), ("remove", ("d1/roboflow/a.jpg",)),
+                            ("delete", "od_annotations", ("u1", "u2")), ("delete", "od_images", ("u1",)),
+                            ("delete", "od_dataset_images", ("u1", "u2"))]
+
+
+@pytest.mark.parametrize("listed, lost_pages", [(9, 0), (10, 1), (0, 0)])
+def test_prune_touches_nothing_after_a_short_lost_or_empty_listing(listed, lost_pages):
+    client = RecordingClient()
+    fn = prune_fn("delete", 0 if listed == 0 else 10, client)
+    fn.process([("prune", ImportedImage("a", "u1", "p", "h", 5))], listed=listed, lost_pages=lost_pages)
+    assert client.calls == []
+
+
+def test_mark_keeps_the_first_missing_time_and_unmark_clears():
+    client = RecordingClient()
+    fresh = ImportedImage("a", "u1", "p", "h", 5)
+    marked = ImportedImage("b", "u2", "p", "h", 5, missing_since="2026-01-01T00:00:00+00:00")
+    back = ImportedImage("c", "u3", "p", "h", 5, missing_since="2026-01-01T00:00:00+00:00")
+    prune_fn("mark", 3, client).process([("prune", fresh), ("prune", marked), ("unmark", back)], listed=3,
+                                        lost_pages=0)
+    assert client.calls == [("update", "od_dataset_images", ("u3",), True),
+                            ("update", "od_dataset_images", ("u1",), False)]
