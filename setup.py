@@ -20,5 +20,6 @@ setuptools.setup(
         "pyarrow",
         "httpx>=0.28,<0.29",
         "pillow>=10",
+        "pyyaml>=6",
     ],
 )

@@ -1,9 +1,15 @@
 """The ``--class_mapping`` file: how Roboflow class names become ``od_classes`` rows.
 
-The platform's import request already sends this list, so the file keeps its shape::
+The platform's import request already sends this list, so the file keeps its shape, as JSON::
 
     [{"source_name": "helmet", "target_class_id": "<uuid or null>", "create_new": false,
       "skip": false, "color": "#C7FC00"}]
+
+or as YAML (``.yaml``/``.yml``, or any file not starting with ``[`` or ``{``)::
+
+    - {source_name: helmet, target_class_id: 3f2504e0-4f89-41d3-9a0c-0305e82c3301}
+    - {source_name: vest, create_new: true, color: "#C7FC00"}   # quoted: YAML's # starts a comment
+    - {source_name: background, skip: true}
 
 Each entry does exactly one thing: map to an existing class, create a dataset-scoped class, or
 skip. ``auto`` maps every Roboflow class to a dataset class of the same name, created with
@@ -19,6 +25,8 @@ import re
 import uuid
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pipeline.errors import InputError
 
@@ -36,9 +44,9 @@ class MappingEntry:
     color: str | None = None
 
 
-def parse_entries(data: Any, origin: str) -> list[MappingEntry]:
+def parse_entries(data: Any, origin: str, fmt: str = "JSON") -> list[MappingEntry]:
     if not isinstance(data, list):
-        raise InputError(f"class mapping {origin} must be a JSON list of "
+        raise InputError(f"class mapping {origin} must be a {fmt} list of "
                          "{source_name, target_class_id, create_new, skip, color} objects")
     entries: dict[str, MappingEntry] = {}
     for i, item in enumerate(data):
@@ -65,6 +73,9 @@ def parse_entries(data: Any, origin: str) -> list[MappingEntry]:
             raise InputError(f"{where} ({name!r}) must set exactly one of target_class_id, "
                              "create_new: true, skip: true")
         color = item.get("color")
+        if fmt == "YAML" and "color" in item and color is None:
+            raise InputError(f"{where} ({name!r}): color is empty; in YAML quote it, e.g. color: \"#C7FC00\" "
+                             "(an unquoted # starts a comment)")
         if color is not None and (not isinstance(color, str) or not _COLOR.fullmatch(color)):
             raise InputError(f"{where} ({name!r}): color {color!r} is not #RRGGBB")
         if name in entries:
@@ -73,23 +84,50 @@ def parse_entries(data: Any, origin: str) -> list[MappingEntry]:
     return list(entries.values())
 
 
+def mapping_format(path: str, text: str) -> str:
+    """YAML for ``.yaml``/``.yml``; JSON for ``.json``; otherwise JSON when the text opens a list or object."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return "YAML"
+    if suffix == ".json" or text.lstrip()[:1] in ("[", "{"):
+        return "JSON"
+    return "YAML"
+
+
+def _parse_yaml(text: str, path: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise InputError(f"class mapping file {path} is not valid YAML ({where}{problem}); fix the file") from None
+
+
 def load_class_mapping(path: str | None) -> list[MappingEntry] | str:
-    """The mapping entries from a JSON file, or ``"auto"``."""
+    """The mapping entries from a JSON or YAML file, or ``"auto"``."""
     if path is None:
-        raise InputError("no --class_mapping given; pass a JSON mapping file or --class_mapping auto")
+        raise InputError("no --class_mapping given; pass a JSON or YAML mapping file or --class_mapping auto")
     if path == AUTO:
         return AUTO
     file = Path(path)
     if not file.is_file():
         raise InputError(f"class mapping file {path} not found; check --class_mapping")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"class mapping file {path} cannot be read ({exc.strerror or exc}); check its "
                          "permissions and --class_mapping") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InputError(f"class mapping file {path} is not UTF-8 text ({exc}); save it as UTF-8") from None
+    fmt = mapping_format(path, text)
+    if fmt == "YAML":
+        return parse_entries(_parse_yaml(text, path), path, fmt)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise InputError(f"class mapping file {path} is not valid JSON ({exc}); fix the file") from None
-    return parse_entries(data, path)
+    return parse_entries(data, path, fmt)
 
 
 @dataclasses.dataclass(frozen=True)

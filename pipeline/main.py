@@ -23,21 +23,25 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import preflight
+from pipeline import plan, preflight
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
+from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, write_summary
 from transforms.batch_images import BatchImages
-from transforms.batch_step import DEAD_LETTER
+from transforms.batch_step import DEAD_LETTER, NAMESPACE, note_listed, set_progress_sink
 from transforms.core.records import ImportContext
 from transforms.core.redact import install_log_redaction, redact
 from transforms.dead_letters import WriteDeadLetters, dead_letter_files, read_dead_letters, remove_dead_letters
 from transforms.fetch_details import FetchDetails
 from transforms.list_images import ListImages, count_listed
+from transforms.prune import PruneImages
 from transforms.upload_images import UploadImages
 from transforms.write_rows import WriteRows
 
@@ -60,7 +64,8 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
     else:  # --retry_dead_letters: exactly the images an earlier run could not import
         listed = {"ok": p | "DeadLetterIds" >> beam.Create(retry_ids) | "CountListed" >> beam.Map(count_listed),
                   DEAD_LETTER: p | "NoListing" >> beam.Create([])}
-    batches = listed["ok"] | "BatchImages" >> BatchImages(opts.batch_size, shards)
+    batches = (listed["ok"] | "NoteListed" >> beam.Map(note_listed)
+               | "BatchImages" >> BatchImages(opts.batch_size, shards))
     details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency)
     stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
                                                             opts.concurrency)
@@ -70,6 +75,9 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
         | "CollectDeadLetters" >> beam.Flatten()
         | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path)
     )
+    if checked.prune:  # after a complete listing only; see transforms/prune.py
+        ({"listed": listed["ok"], "lost_pages": listed[DEAD_LETTER]}
+         | "PruneImages" >> PruneImages(checked.supabase, context, checked.prune, checked.listing.total))
 
 
 def images_to_retry(directory: str) -> list[str]:
@@ -108,24 +116,32 @@ def runner_settings(options: PipelineOptions, argv: list[str]) -> tuple[str, int
     return name, 1
 
 
-def run(argv: list[str] | None = None) -> int:
-    install_log_redaction()
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    argv = sys.argv[1:] if argv is None else argv
+class Outcome(NamedTuple):
+    code: int
+    summary: dict
+    summary_path: str
+
+
+def execute(argv: list[str], progress_callback: Callable[[Progress], object] | None = None) -> Outcome:
+    """The import, shared by the command line (:func:`run`) and the Python API (pipeline/api.py).
+
+    Raises :class:`InputError` before anything is written and prints nothing on stdout. The
+    progress line goes to stderr unless ``--quiet``; ``progress_callback(Progress)`` is called as
+    images complete (pipeline/progress.py) and once at the end.
+    """
     started = time.monotonic()
-    try:
-        preflight.check_command_line(argv)  # before view_as: argparse would print its usage text
-        options = PipelineOptions(argv)
-        opts = options.view_as(ImportOptions)
-        runner, processes = runner_settings(options, argv)
-        retry_ids = images_to_retry(opts.retry_dead_letters) if opts.retry_dead_letters else None
-        checked = preflight.check(opts, workers=processes)
-        if retry_ids is not None:
-            checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
-        class_ids = preflight.prepare_target(checked)
-    except InputError as exc:
-        print(f"error: {redact(exc)}", file=sys.stderr)
-        return EXIT_INPUT
+    preflight.check_command_line(argv)  # before view_as: argparse would print its usage text
+    options = PipelineOptions(argv)
+    opts = options.view_as(ImportOptions)
+    if not opts.progress_interval > 0:  # also NaN
+        raise InputError(f"--progress_interval must be a positive number of seconds (got {opts.progress_interval}); "
+                         "omit it for the default 10")
+    runner, processes = runner_settings(options, argv)
+    retry_ids = images_to_retry(opts.retry_dead_letters) if opts.retry_dead_letters else None
+    checked = preflight.check(opts, workers=processes)
+    if retry_ids is not None:
+        checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
+    class_ids = preflight.prepare_target(checked)
     context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
                             checked.supabase.bucket, class_ids, checked.max_object_bytes)
     shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1)
@@ -135,16 +151,44 @@ def run(argv: list[str] | None = None) -> int:
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
-    result = pipeline.run()
-    result.wait_until_finish()
+    # Live progress needs the DoFns in this process (pipeline/progress.py); elsewhere: Beam counters.
+    live = runner == "fnapirunner" and processes == 1
+    if not live:
+        log.info("no live progress line with %s; watch the %s counters images_written, images_unchanged and "
+                 "images_failed in the runner's monitoring", runner, NAMESPACE)
+    tracker = ProgressTracker(checked.listing.total)
+    reporter = ProgressReporter(tracker, stream=None if opts.quiet else sys.stderr, interval=opts.progress_interval,
+                                callback=progress_callback, live=live)
+    set_progress_sink(tracker.add if live else None)
+    try:
+        with reporter:
+            result = pipeline.run()
+            result.wait_until_finish()
 
-    preflight.refresh_counters(checked)
-    summary = build_summary(counters_of(result), checked=checked, seconds=time.monotonic() - started,
-                            dead_letter_files=dead_letter_files(opts.dead_letter_path))
-    write_summary(opts.summary_path, summary)
-    print(render(summary))
-    print(f"summary: {opts.summary_path}")
-    return EXIT_OK if summary["complete"] else EXIT_INCOMPLETE
+            preflight.refresh_counters(checked)
+            summary = build_summary(counters_of(result), checked=checked, seconds=time.monotonic() - started,
+                                    dead_letter_files=dead_letter_files(opts.dead_letter_path))
+            write_summary(opts.summary_path, summary)
+            reporter.finish(final_progress(summary, tracker))
+    finally:
+        set_progress_sink(None)
+    return Outcome(EXIT_OK if summary["complete"] else EXIT_INCOMPLETE, summary, opts.summary_path)
+
+
+def run(argv: list[str] | None = None) -> int:
+    install_log_redaction()
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if plan.requested(argv):  # --plan: reads only, prints what the import would do (pipeline/plan.py)
+            return plan.run_plan(argv)
+        outcome = execute(argv)
+    except InputError as exc:
+        print(f"error: {redact(exc)}", file=sys.stderr)
+        return EXIT_INPUT
+    print(render(outcome.summary))
+    print(f"summary: {outcome.summary_path}")
+    return outcome.code
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ class ImportOptions(PipelineOptions):
         sb.add_argument("--create_bucket", action="store_true", default=False,
                         help="Create the bucket when it is missing (private)")
         sb.add_argument("--class_mapping", default=None,
-                        help="JSON file: [{source_name, target_class_id, create_new, skip, color}], "
+                        help="JSON or YAML file: [{source_name, target_class_id, create_new, skip, color}], "
                              "or 'auto' to map every class to a dataset class of the same name")
         sb.add_argument("--supabase_key_secret", default=None,
                         help="Secret Manager version name holding the service-role key (Dataflow); "
@@ -56,3 +56,26 @@ class ImportOptions(PipelineOptions):
                          help="Directory of an earlier run's dead letters: re-import exactly those images")
         run.add_argument("--shards", type=int, default=None,
                          help="Batch key shards (default: 4 x workers)")
+        run.add_argument("--quiet", action="store_true", default=False,
+                         help="No progress line on stderr (the summary is still printed)")
+        run.add_argument("--progress_interval", type=float, default=10.0,
+                         help="Seconds between progress lines when stderr is not a terminal (default 10)")
+
+        sel = parser.add_argument_group("Selection and plan")
+        sel.add_argument("--split", default=None, help="Only images of this Roboflow split: train, valid or test")
+        sel.add_argument("--tag", default=None, help="Only images carrying this Roboflow tag")
+        sel.add_argument("--class_name", default=None, help="Only images with at least one box of this class")
+        sel.add_argument("--query", default=None,
+                         help="Raw RoboQL added to the listing query, e.g. 'filename:cam1 -tag:blurry' "
+                              "(token listing only)")
+        sel.add_argument("--plan", action="store_true", default=False,
+                         help="Write nothing: print what the import would do (counts, bytes, time, unmapped "
+                              "classes); exit 0 if it could run, 2 if not")
+        sel.add_argument("--plan_json", action="store_true", default=False,
+                         help="With --plan: print the plan as JSON instead of a table")
+        sel.add_argument("--prune", action="store_true", default=False,
+                         help="After the import, remove this project's images from the dataset that Roboflow no "
+                              "longer lists (only after a complete, unfiltered listing)")
+        sel.add_argument("--prune_mode", choices=("delete", "mark"), default=None,
+                         help="With --prune: delete rows and objects (default), or mark "
+                              "od_dataset_images.source_missing_at (needs migration 0005)")

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 import httpx
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from pipeline.class_mapping import ResolvedMapping, load_class_mapping, resolve_mapping
+from pipeline.class_mapping import AUTO, MappingEntry, ResolvedMapping, load_class_mapping, resolve_mapping
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
@@ -32,12 +32,13 @@ from transforms.core.ratelimit import AdaptiveRateLimiter
 from transforms.core.redact import redact
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
 from transforms.core.secrets import MissingSecret, SecretRef
-from transforms.list_images import ListingSpec
+from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, selection_body, selection_query
 
 ROBOFLOW_KEY_ENV = "ROBOFLOW_API_KEY"
 SUPABASE_KEY_ENV = "SUPABASE_SERVICE_ROLE_KEY"
 SUPABASE_URL_ENV = "SUPABASE_URL"
 SCHEMA_VERSION = 4
+MARK_SCHEMA_VERSION = 5  # --prune_mode mark writes od_dataset_images.source_missing_at
 PREFLIGHT_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=4.0, max_elapsed=20.0)
 # The first Supabase request only tells whether anything answers: a few quick tries, not 20 s.
 PROBE_RETRY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, max_elapsed=6.0)
@@ -45,6 +46,7 @@ MIGRATIONS = {
     1: "pipeline/migrations/0001_platform_schema.sql",
     2: "pipeline/migrations/0002_idempotent_import.sql",
     4: "pipeline/migrations/0004_import_tracking.sql",
+    5: "pipeline/migrations/0005_source_missing.sql",
 }
 IMPORT_COLUMNS = "id,source_ref,storage_bucket,storage_path,file_hash"  # added by 0002
 
@@ -65,6 +67,9 @@ class Checked:
     mapping: ResolvedMapping
     bucket_exists: bool
     max_object_bytes: int | None
+    selection: Selection = Selection()
+    unmapped: tuple[str, ...] = ()  # --plan only: Roboflow classes the mapping misses (an error otherwise)
+    prune: str | None = None  # --prune: "delete" or "mark"; None: no pruning
 
 
 class _CommandLineParser(_BeamArgumentParser):
@@ -162,6 +167,57 @@ def check_options(opts: ImportOptions) -> None:
         raise InputError("--storage_bucket is empty; omit it for the default od-images")
 
 
+def selection_of(opts: ImportOptions) -> Selection:
+    """The filters of the command line; the platform's split name ``val`` is taken for Roboflow's ``valid``."""
+    split = "valid" if opts.split == "val" else opts.split
+    return Selection(split=split, tag=opts.tag, class_name=opts.class_name, query=opts.query)
+
+
+def check_selection(opts: ImportOptions, selection: Selection) -> None:
+    """Filter values and the filter/prune combinations that can work, before any call."""
+    for flag, value in (("--split", opts.split), ("--tag", opts.tag), ("--class_name", opts.class_name),
+                        ("--query", opts.query)):
+        if value is not None and not value.strip():
+            raise InputError(f"{flag} is empty; omit it to import every image")
+    if selection.split is not None and selection.split not in SPLITS:
+        raise InputError(f"--split {opts.split!r} is not a Roboflow split; use one of {', '.join(SPLITS)}")
+    if opts.roboflow_listing == "offset" and (selection.split or selection.query):
+        flag = "--split" if selection.split else "--query"
+        raise InputError(f"{flag} works with the token listing only (Roboflow's project search has no split or "
+                         "RoboQL filter); drop --roboflow_listing offset")
+    if opts.prune_mode and not opts.prune:
+        raise InputError(f"--prune_mode {opts.prune_mode} needs --prune; add --prune or drop --prune_mode")
+    if opts.prune and selection.active():
+        raise InputError(f"--prune removes images missing from the whole project, so it cannot run with filters "
+                         f"({selection.describe()}); run it without filters")
+    if opts.plan and opts.retry_dead_letters:
+        raise InputError("--plan plans a listing of the project; drop --retry_dead_letters (a retry re-imports "
+                         "exactly the dead letters' images)")
+    if opts.prune and opts.retry_dead_letters:
+        raise InputError("--prune needs the whole project's listing, --retry_dead_letters lists only earlier "
+                         "failures; run --prune on a normal import")
+
+
+def check_class_filter(selection: Selection, classes: dict[str, Any], what: str) -> None:
+    if selection.class_name is None or selection.class_name in classes:
+        return
+    close = difflib.get_close_matches(selection.class_name, list(classes), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise InputError(f"--class_name {selection.class_name!r} is not a class of {what}; {hint}its classes: "
+                     f"{', '.join(sorted(classes)[:20]) or 'none'}{' ...' if len(classes) > 20 else ''}")
+
+
+def unmapped_classes(mapping: list[MappingEntry] | str, classes: dict[str, Any]) -> tuple[str, ...]:
+    if mapping == AUTO:
+        return ()
+    return tuple(sorted(set(classes) - {entry.source_name for entry in mapping}))
+
+
+def listing_spec(opts: ImportOptions, selection: Selection, total: int) -> ListingSpec:
+    return ListingSpec(opts.roboflow_workspace, opts.roboflow_project, total, mode=opts.roboflow_listing,
+                       filters=selection_body(selection), query=selection_query(selection))
+
+
 def check_output_paths(opts: ImportOptions) -> None:
     """The summary file and dead-letter directory can be written, known now rather than after the import."""
     for flag, path, is_dir in (("--summary_path", opts.summary_path, False),
@@ -224,8 +280,13 @@ def _roboflow_failure(exc: Exception, what: str, fix: str, api_url: str, key_sou
     return InputError(f"Roboflow {what}: {redact(exc)[:200]}; {fix}")
 
 
-def check_roboflow(opts: ImportOptions, client: RoboflowClient) -> tuple[dict, dict | None, int]:
-    """Workspace, project and version exist; returns project info, version splits, listing total."""
+def check_roboflow(opts: ImportOptions, client: RoboflowClient,
+                   selection: Selection | None = None) -> tuple[dict, dict | None, int]:
+    """Workspace, project and version exist; returns project info, version splits, listing total.
+
+    The total is what Roboflow's search reports for the selected images, so a filtered run is
+    complete when it imports those (not the whole project)."""
+    selection = selection or Selection()
     ws, proj = opts.roboflow_workspace, opts.roboflow_project
     key_source = _key_source(opts.roboflow_api_key_secret, ROBOFLOW_KEY_ENV)
 
@@ -256,15 +317,19 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient) -> tuple[dict, d
         except Exception as exc:
             raise failure(exc, f"version {opts.roboflow_version}", "check --roboflow_version") from None
         version_splits = (version.get("version") or {}).get("splits")
+    check_class_filter(selection, info.get("classes") or {}, f"{ws}/{proj}")
     try:
-        if opts.roboflow_listing == "offset":
-            total = client.search_page(ws, proj, offset=0, limit=1).total
-        else:
-            total = client.search_v1_page(ws, f"project:{proj} *", page_size=1).total
+        total = fetch_page(client, dataclasses.replace(listing_spec(opts, selection, 0), page_size=1)).total
     except Exception as exc:
+        if selection.query and getattr(exc, "status", None) == 400:
+            raise InputError(f"Roboflow rejected --query {selection.query!r} ({redact(exc)[:160]}); check its "
+                             "RoboQL syntax") from None
         raise failure(exc, f"search of {ws}/{proj}", "check the project in Roboflow") from None
     if total is None:
         total = int(info.get("images") or 0)
+    if selection.active() and not total:
+        raise InputError(f"no image of {ws}/{proj} matches {selection.describe()}; check the filter values in "
+                         "Roboflow")
     return info, version_splits, int(total)
 
 
@@ -358,7 +423,7 @@ def probe_supabase(url: str, key: str, key_source: str) -> None:
                          "check --supabase_url, e.g. https://<project-ref>.supabase.co")
 
 
-def check_schema(client: SupabaseClient, url: str, key_source: str) -> None:
+def check_schema(client: SupabaseClient, url: str, key_source: str, required: int = SCHEMA_VERSION) -> None:
     """The importer's functions exist (its columns were probed); otherwise name the migration to apply."""
     try:
         version = client.rpc("od_import_schema_version", {})
@@ -368,9 +433,12 @@ def check_schema(client: SupabaseClient, url: str, key_source: str) -> None:
             raise InputError("the database schema is not migrated for the importer (no od_import_schema_version()); "
                              f"apply {MIGRATIONS[4]}") from None
         raise _supabase_failure(exc, url, "schema check", key_source) from None
-    if not isinstance(version, int) or version < SCHEMA_VERSION:
-        raise InputError(f"the database schema is at importer version {version}, {SCHEMA_VERSION} is needed; "
-                         f"apply {MIGRATIONS[4]}")
+    if not isinstance(version, int) or version < required:
+        why = " for --prune_mode mark" if required == MARK_SCHEMA_VERSION else ""
+        have = version if isinstance(version, int) else 0
+        missing = [path for number, path in sorted(MIGRATIONS.items()) if have < number <= required]
+        raise InputError(f"the database schema is at importer version {version}, {required} is needed{why}; "
+                         f"apply {', '.join(missing)}")
 
 
 def check_class_targets(opts: ImportOptions, client: SupabaseClient, mapping: ResolvedMapping, url: str,
@@ -407,7 +475,7 @@ def check_supabase(opts: ImportOptions, client: SupabaseClient, url: str, key: s
                    mapping: ResolvedMapping) -> tuple[bool, int | None]:
     key_source = _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)
     probe_supabase(url, key, key_source)
-    check_schema(client, url, key_source)
+    check_schema(client, url, key_source, MARK_SCHEMA_VERSION if opts.prune_mode == "mark" else SCHEMA_VERSION)
     try:
         found = client.select("od_datasets", "id", id=opts.dataset_id)
     except (PermanentError, TransientError) as exc:
@@ -434,6 +502,8 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     """All validation; raises InputError on the first problem. Writes nothing."""
     check_command_line(getattr(opts, "_flags", None))  # Beam keeps the raw flags only there
     check_options(opts)
+    selection = selection_of(opts)
+    check_selection(opts, selection)
     check_output_paths(opts)
     api_url = _http_url(opts.roboflow_api_url, "--roboflow_api_url", "https://api.roboflow.com", ROBOFLOW_KEY_ENV)
     supabase_url = opts.supabase_url or os.environ.get(SUPABASE_URL_ENV, "")
@@ -451,10 +521,14 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     rf = RoboflowClient(api_url, rf_key, limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit),
                         retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2)
     try:
-        info, version_splits, total = check_roboflow(opts, rf)
+        info, version_splits, total = check_roboflow(opts, rf, selection)
     finally:
         rf.close()
-    resolved = resolve_mapping(mapping, info.get("classes") or {}, info.get("colors") or {})
+    classes = info.get("classes") or {}
+    unmapped = unmapped_classes(mapping, classes) if opts.plan else ()
+    if unmapped:  # --plan reports them with everything else instead of stopping here
+        mapping = [*mapping, *(MappingEntry(name, skip=True) for name in unmapped)]
+    resolved = resolve_mapping(mapping, classes, info.get("colors") or {})
 
     sb = SupabaseClient(supabase_url, sb_key, bucket=opts.storage_bucket, retry=PREFLIGHT_RETRY, timeout=20.0,
                         max_connections=4)
@@ -471,10 +545,10 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
                               pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=opts.storage_bucket,
                               max_connections=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
-    listing = ListingSpec(opts.roboflow_workspace, opts.roboflow_project, total, mode=opts.roboflow_listing)
     return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,
-                   roboflow, supabase, listing, info, version_splits, resolved, bucket_exists,
-                   int(limit) if limit else None)
+                   roboflow, supabase, listing_spec(opts, selection, total), info, version_splits, resolved,
+                   bucket_exists, int(limit) if limit else None, selection, unmapped,
+                   (opts.prune_mode or "delete") if opts.prune else None)
 
 
 def prepare_target(checked: Checked) -> dict[str, str | None]:

@@ -7,6 +7,7 @@ The listing itself is reconciled with the total Roboflow reported.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.batch_step import NAMESPACE
 from transforms.core.redact import redact
+from transforms.dead_letters import read_dead_letter_files
 
 
 def counters_of(result) -> dict[str, int]:
@@ -30,6 +32,37 @@ def _group(counters: dict[str, int], prefix: str) -> dict[str, int]:
     return {k[len(prefix):]: v for k, v in sorted(counters.items()) if k.startswith(prefix) and v}
 
 
+def letters_by_error(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """Dead letters grouped by error type: how many, at which steps, and one example message."""
+    groups: dict[str, dict[str, Any]] = {}
+    for letter in read_dead_letter_files(paths):
+        group = groups.setdefault(letter.error_type, {"count": 0, "steps": [], "example": letter.message[:200]})
+        group["count"] += 1
+        if letter.step not in group["steps"]:
+            group["steps"].append(letter.step)
+    return dict(sorted(groups.items(), key=lambda kv: (-kv[1]["count"], kv[0])))
+
+
+def prune_outcome(counters: dict[str, int], mode: str | None) -> dict[str, Any] | None:
+    """What ``--prune`` did; ``None`` when it was not asked for."""
+    if mode is None:
+        return None
+    outcome = {
+        "mode": mode,
+        "pruned": counters.get("images_pruned", 0),
+        "marked": counters.get("images_marked", 0),
+        "unmarked": counters.get("images_unmarked", 0),
+        "objects_removed": counters.get("objects_removed", 0),
+        "bytes_removed": counters.get("bytes_removed", 0),
+        "skipped": counters.get("prune_skipped", 0),
+        "failed": counters.get("prune_failed", 0),
+    }
+    if outcome["skipped"]:
+        outcome["note"] = ("not pruned: the listing was incomplete (lost pages or fewer images than Roboflow "
+                           "reported) or empty, so missing images cannot be told from unlisted ones; run again")
+    return outcome
+
+
 def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_letter_files: list[str]) -> dict:
     listed = counters.get("images_listed", 0)
     written = counters.get("images_written", 0)
@@ -37,6 +70,7 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
     failed = counters.get("images_failed", 0)
     reported = checked.listing.total
     splits = _group(counters, "split.")
+    prune = prune_outcome(counters, getattr(checked, "prune", None))
     summary: dict[str, Any] = {
         "dataset_id": checked.dataset_id,
         "roboflow": {"workspace": checked.workspace, "project": checked.project, "version": checked.version},
@@ -63,39 +97,75 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
         "throttled_seconds": round(counters.get("throttled_ms", 0) / 1000, 1),
         "dead_letters": _group(counters, "dead_letter."),
         "dead_letter_files": dead_letter_files,
+        "dead_letters_by_error": letters_by_error(dead_letter_files),
+        "filters": {k: v for k, v in dataclasses.asdict(checked.selection).items() if v}
+        if getattr(checked, "selection", None) is not None else {},
+        "pruned": (prune["pruned"] + prune["marked"]) if prune else 0,
+        "prune": prune,
         "splits_imported": splits,
     }
     if checked.version_splits is not None:
         summary["version_splits"] = checked.version_splits
     summary["complete"] = (failed == 0 and summary["missing_from_listing"] == 0
-                           and summary["listing_pages_failed"] == 0 and summary["unaccounted"] == 0)
+                           and summary["listing_pages_failed"] == 0 and summary["unaccounted"] == 0
+                           and not (prune and prune["failed"]))
     return summary
 
 
+def _row(label: str, value: Any, note: str = "") -> str:
+    text = f"{value:,}" if isinstance(value, int) else str(value)
+    return f"  {label:<22}{text:>12}" + (f"   {note}" if note else "")
+
+
 def render(summary: dict) -> str:
-    """A few lines for a person; the JSON file has everything."""
+    """A table for a person; the JSON file has the same figures and more."""
     ok = "complete" if summary["complete"] else "INCOMPLETE"
+    rf = summary["roboflow"]
+    filters = " ".join(f"--{k} {v!r}" for k, v in summary.get("filters", {}).items()) or "none (whole project)"
+    missing = summary["missing_from_listing"]
+    dropped = ", ".join(f"{k} {v:,}" for k, v in summary["annotations_dropped"].items())
     lines = [
-        f"Roboflow {summary['roboflow']['workspace']}/{summary['roboflow']['project']} -> dataset "
-        f"{summary['dataset_id']}: {ok}",
-        f"  listed {summary['listed']} (Roboflow reported {summary['reported_total']}"
-        + (f", {summary['missing_from_listing']} missing" if summary["missing_from_listing"] else "") + ")",
-        f"  imported {summary['imported']}: new {summary['new']}, changed {summary['changed']}, "
-        f"unchanged {summary['unchanged']} (skipped)",
-        f"  failed {summary['failed']}" + (f" -> {', '.join(summary['dead_letter_files'])}"
-                                          if summary["failed"] else ""),
-        f"  annotations {summary['annotations']}, objects uploaded {summary['objects_uploaded']} "
-        f"({summary['bytes_uploaded'] / 1e6:.1f} MB), already present {summary['objects_already_present']}",
-        f"  {summary['seconds']} s, {summary['images_per_second']} images/s, "
-        f"throttled {summary['throttled_seconds']} s",
+        f"Roboflow {rf['workspace']}/{rf['project']} -> dataset {summary['dataset_id']}: {ok}",
+        f"  {'filters':<22}{filters}",
+        _row("listed", summary["listed"], f"Roboflow reported {summary['reported_total']:,}"
+             + (f", {missing:,} missing from the listing" if missing else "")
+             + (f", {summary['listing_pages_failed']} listing pages lost" if summary["listing_pages_failed"] else "")),
+        _row("imported", summary["imported"]),
+        _row("  new", summary["new"]),
+        _row("  changed", summary["changed"], "rows rewritten, stored object kept"),
+        _row("  unchanged", summary["unchanged"], "skipped: nothing downloaded or written"),
     ]
-    if summary["dead_letters"]:
-        lines.append("  dead letters: " + ", ".join(f"{k} {v}" for k, v in summary["dead_letters"].items()))
+    prune = summary.get("prune")
+    if prune is not None:
+        done = ("marked source_missing_at" if prune["mode"] == "mark"
+                else f"objects removed {prune['objects_removed']:,}")
+        note = f"--prune {prune['mode']}: {done}" + (f", {prune['unmarked']:,} unmarked" if prune["unmarked"] else "")
+        if prune["skipped"]:
+            note = f"--prune skipped for {prune['skipped']:,} images: listing incomplete"
+        if prune["failed"]:
+            note += f"; {prune['failed']:,} failed (see the log)"
+        lines.append(_row("pruned", summary["pruned"], note))
+    lines += [
+        _row("failed", summary["failed"], "in the dead letters" if summary["failed"] else ""),
+        _row("annotations", summary["annotations"], f"dropped: {dropped}" if dropped else ""),
+        _row("objects uploaded", summary["objects_uploaded"],
+             f"{summary['bytes_uploaded'] / 1e6:,.1f} MB; already present {summary['objects_already_present']:,}"),
+        _row("time", f"{summary['seconds']:,.1f} s", f"{summary['images_per_second'] or 0:,.1f} images/s, "
+             f"throttled {summary['throttled_seconds']} s"),
+    ]
+    groups = summary.get("dead_letters_by_error") or {}
+    if groups:
+        lines.append("  dead letters by error type:")
+        width = max(len(k) for k in groups)
+        for error_type, group in groups.items():
+            lines.append(f"    {error_type:<{width}}  {group['count']:>8,}   at {', '.join(group['steps'])}; "
+                         f"e.g. {group['example'][:100]}")
+        lines.append("    files: " + ", ".join(summary["dead_letter_files"]))
     if summary["retries"]:
-        lines.append("  retries: " + ", ".join(f"{k} {v}" for k, v in summary["retries"].items()))
+        lines.append("  retries: " + ", ".join(f"{k} {v:,}" for k, v in summary["retries"].items()))
     if "version_splits" in summary:
-        lines.append(f"  splits imported {summary['splits_imported']} vs version "
-                     f"{summary['roboflow']['version']} {summary['version_splits']}")
+        lines.append(f"  splits imported {summary['splits_imported']} vs version {rf['version']} "
+                     f"{summary['version_splits']}")
     return redact("\n".join(lines))
 
 

@@ -31,6 +31,31 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
+# The local run's progress tracker (pipeline/progress.py) when one is installed in this process.
+_progress_sink: Callable[[str, int], None] | None = None
+
+
+def set_progress_sink(sink: Callable[[str, int], None] | None) -> None:
+    """Mirror the image counters into ``sink(name, n)`` in this process (None: stop)."""
+    global _progress_sink
+    _progress_sink = sink
+
+
+def count(name: str, n: int = 1) -> None:
+    """Increment a Beam counter of the importer, and tell the progress tracker if there is one."""
+    Metrics.counter(NAMESPACE, name).inc(int(n))
+    sink = _progress_sink
+    if sink is not None:
+        sink(name, int(n))
+
+
+def note_listed(image_id: str) -> str:
+    """Tell the progress tracker about one distinct listed id (the Beam counter is ``count_listed``'s)."""
+    sink = _progress_sink
+    if sink is not None:
+        sink("images_listed", 1)
+    return image_id
+
 
 class WorkerResources:
     """Objects one worker process shares across DoFn threads (weak-referenceable for ``Shared``)."""
@@ -58,7 +83,7 @@ class BatchStepFn(beam.DoFn):
 
     def counter(self, name: str, n: int = 1) -> None:
         if n:
-            Metrics.counter(NAMESPACE, name).inc(int(n))
+            count(name, n)
 
     def fold(self, tally: Tally) -> None:
         """Turn a task's tally into Beam counters (from the DoFn thread, where counters work)."""
@@ -117,8 +142,8 @@ def crash_letters(failed: tuple[Any, tuple], step: str) -> list[DeadLetter]:
     batch, (exc_type, exc_repr, _traceback) = failed
     items = batch if isinstance(batch, list) else [batch]
     name = getattr(exc_type, "__name__", str(exc_type))
-    Metrics.counter(NAMESPACE, f"dead_letter.{step}.crash").inc(len(items))
-    Metrics.counter(NAMESPACE, "images_failed").inc(len(items))
+    count(f"dead_letter.{step}.crash", len(items))
+    count("images_failed", len(items))
     return [DeadLetter.of(image_id_of(item), step, f"{name}: {exc_repr}") for item in items]
 
 

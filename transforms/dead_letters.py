@@ -31,9 +31,13 @@ def dead_letter_files(directory: str) -> list[str]:
 
 def read_dead_letters(directory: str) -> list[DeadLetter]:
     """Every letter in the directory's dead-letter files (empty when there are none)."""
+    return read_dead_letter_files([m.path for m in FileSystems.match([dead_letter_glob(directory)])[0].metadata_list])
+
+
+def read_dead_letter_files(paths: list[str]) -> list[DeadLetter]:
     letters = []
-    for match in FileSystems.match([dead_letter_glob(directory)])[0].metadata_list:
-        with FileSystems.open(match.path) as handle:
+    for path in paths:
+        with FileSystems.open(path) as handle:
             for line in handle.read().decode("utf-8").splitlines():
                 if line.strip():
                     letters.append(DeadLetter.from_json(line))

@@ -11,12 +11,18 @@ Two listings, chosen by ``ListingSpec.mode``:
   reconciled with ``total`` in the summary.
 
     ids = (p | beam.Create([spec]) | ListImages(roboflow_config))
+
+Filters (``--split``, ``--tag``, ``--class_name``, raw RoboQL ``--query``) are applied by Roboflow at
+listing: :func:`selection_query` builds the RoboQL of the token listing, :func:`selection_body` the
+body keys of the offset listing. :func:`fetch_page` reads one page either way; the Beam step and
+``--plan`` (a plain loop, :func:`iter_pages`) share it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -26,10 +32,51 @@ from apache_beam.transforms.core import DoFn, RestrictionProvider
 
 from transforms.batch_step import DEAD_LETTER, NAMESPACE
 from transforms.clients.resources import RoboflowConfig, roboflow_client
+from transforms.clients.roboflow import RoboflowClient, SearchPage
 from transforms.core.records import DeadLetter
 from transforms.core.tally import collecting
 
 PAGE_SIZE = 250
+SPLITS = ("train", "valid", "test")  # Roboflow's names; the platform writes valid as val
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The images a run is restricted to; empty means the whole project."""
+
+    split: str | None = None
+    tag: str | None = None
+    class_name: str | None = None
+    query: str | None = None  # raw RoboQL, token listing only
+
+    def active(self) -> bool:
+        return any((self.split, self.tag, self.class_name, self.query))
+
+    def describe(self) -> str:
+        parts = [f"--{name} {value!r}" for name, value in dataclasses.asdict(self).items() if value]
+        return " ".join(parts) or "none (whole project)"
+
+
+def _roboql_value(value: str) -> str:
+    """A RoboQL term value, double-quoted when it holds blanks, quotes, colons or backslashes."""
+    if value and not any(c.isspace() or c in "\"':\\" for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def selection_query(selection: Selection) -> str:
+    """The RoboQL after ``project:<slug>``: one term per filter (implicit AND), ``*`` when none."""
+    terms = [f"{key}:{_roboql_value(value)}" for key, value in
+             (("split", selection.split), ("tag", selection.tag), ("class", selection.class_name)) if value]
+    if selection.query:
+        terms.append(selection.query.strip())
+    return " ".join(terms) or "*"
+
+
+def selection_body(selection: Selection) -> tuple[tuple[str, Any], ...]:
+    """Project-search body keys for the offset listing (RoboQL ``query`` is not accepted there)."""
+    return tuple((key, value) for key, value in
+                 (("split", selection.split), ("tag", selection.tag), ("class_name", selection.class_name)) if value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +98,31 @@ class ListingSpec:
 
     def roboql(self) -> str:
         return f"project:{self.project} {self.query or '*'}".strip()
+
+
+def fetch_page(client: RoboflowClient, spec: ListingSpec, *, page: int = 0, token: str | None = None) -> SearchPage:
+    """One listing page: offset page ``page``, or the token walk's page after ``token``."""
+    if spec.mode == "token":
+        return client.search_v1_page(spec.workspace, spec.roboql(), page_size=spec.page_size, token=token)
+    return client.search_page(spec.workspace, spec.project, offset=page * spec.page_size, limit=spec.page_size,
+                              filters=dict(spec.filters))
+
+
+def iter_pages(client: RoboflowClient, spec: ListingSpec) -> Iterator[SearchPage]:
+    """Every page of the listing, in order, in this thread (``--plan``; errors propagate)."""
+    if spec.mode == "token":
+        token = None
+        while True:
+            result = fetch_page(client, spec, token=token)
+            yield result
+            if not result.ids or not result.continuation_token:
+                return
+            token = result.continuation_token
+    for page in range(spec.page_count()):
+        result = fetch_page(client, spec, page=page)
+        yield result
+        if len(result.ids) < spec.page_size:
+            return
 
 
 class ListImageIdsFn(beam.DoFn, RestrictionProvider):
@@ -96,8 +168,7 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
     def _read_offset_page(self, spec: ListingSpec, page: int):
         with collecting() as tally:
             try:
-                result = self._client.search_page(spec.workspace, spec.project, offset=page * spec.page_size,
-                                                  limit=spec.page_size, filters=dict(spec.filters))
+                result = fetch_page(self._client, spec, page=page)
             except Exception as exc:
                 result = exc
         self._count(tally)
@@ -113,8 +184,7 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
         while True:
             with collecting() as tally:
                 try:
-                    result = self._client.search_v1_page(spec.workspace, spec.roboql(), page_size=spec.page_size,
-                                                         token=token)
+                    result = fetch_page(self._client, spec, token=token)
                 except Exception as exc:
                     result = exc
             self._count(tally)

@@ -172,8 +172,8 @@ def test_directory_is_not_a_mapping_file(tmp_path):
 @pytest.mark.parametrize(
     "content",
     ["", "[{'source_name': 'a'}]", '[{"source_name": "a", "skip": true},]', "helmet: skip\n",
-     b"\xff\xfe[\x00]\x00"],
-    ids=["empty", "single-quotes", "trailing-comma", "yaml", "utf16"],
+],
+    ids=["empty", "single-quotes", "trailing-comma", "yaml"],
 )
 def test_file_that_is_not_json_is_rejected(tmp_path, content):
     path = write(tmp_path, content)
@@ -183,6 +183,14 @@ def test_file_that_is_not_json_is_rejected(tmp_path, content):
     assert message.startswith(f"class mapping file {path} is not valid JSON (")
     assert message.endswith("; fix the file")
     assert "\n" not in message
+
+
+def test_file_that_is_not_utf8_is_rejected(tmp_path):
+    path = write(tmp_path, b"\xff\xfe[\x00]\x00")
+    with pytest.raises(InputError) as info:
+        load_class_mapping(path)
+    assert str(info.value).startswith(f"class mapping file {path} is not UTF-8 text (")
+    assert str(info.value).endswith("; save it as UTF-8") and "\n" not in str(info.value)
 
 
 def test_file_with_malformed_entries_names_the_file(tmp_path):
@@ -259,3 +267,70 @@ def test_resolve_auto_rejects_roboflow_colour_with_trailing_newline():
 
 def test_resolve_auto_with_no_classes_is_empty():
     assert resolve_mapping(AUTO, {}, {}) == ResolvedMapping({}, {}, set())
+
+
+# ---- YAML mapping files -----------------------------------------------------------------------
+
+YAML_MAPPING = f"""\
+# the platform's list, as YAML
+- source_name: helmet
+  target_class_id: {HELMET_ID}
+- {{source_name: vest, create_new: true, color: "#C7FC00"}}
+- source_name: background
+  skip: true
+"""
+
+
+@pytest.mark.parametrize("name", ["mapping.yaml", "mapping.yml", "mapping.txt", "mapping"])
+def test_yaml_file_reads_like_the_json_list(tmp_path, name):
+    path = write(tmp_path, YAML_MAPPING, name)
+    assert load_class_mapping(path) == [
+        MappingEntry("helmet", HELMET_ID),
+        MappingEntry("vest", None, True, False, "#C7FC00"),
+        MappingEntry("background", None, False, True, None),
+    ]
+
+
+def test_json_content_without_json_extension_is_read_as_json(tmp_path):
+    path = write(tmp_path, json.dumps([{"source_name": "helmet", "skip": True}]), "mapping.txt")
+    assert load_class_mapping(path) == [MappingEntry("helmet", skip=True)]
+
+
+def test_bad_yaml_names_the_file_and_line(tmp_path):
+    path = write(tmp_path, "- source_name: helmet\n  skip: true\n- {source_name: vest, skip: true\n",
+                 "mapping.yaml")
+    with pytest.raises(InputError) as info:
+        load_class_mapping(path)
+    message = str(info.value)
+    assert message.startswith(f"class mapping file {path} is not valid YAML (line 4: ")
+    assert message.endswith("; fix the file") and "\n" not in message
+
+
+def test_yaml_that_is_not_a_list_says_yaml(tmp_path):
+    path = write(tmp_path, "helmet: skip\n", "mapping.yml")
+    with pytest.raises(InputError, match=f"class mapping {path} must be a YAML list of"):
+        load_class_mapping(path)
+
+
+def test_empty_yaml_file_is_not_a_list(tmp_path):
+    path = write(tmp_path, "", "mapping.yaml")
+    with pytest.raises(InputError, match="must be a YAML list"):
+        load_class_mapping(path)
+
+
+def test_unquoted_yaml_colour_is_a_comment_and_is_rejected(tmp_path):
+    path = write(tmp_path, "- source_name: vest\n  create_new: true\n  color: #C7FC00\n", "mapping.yaml")
+    with pytest.raises(InputError) as info:
+        load_class_mapping(path)
+    assert "entry 0 ('vest'): color is empty; in YAML quote it" in str(info.value)
+
+
+def test_json_null_colour_stays_allowed():
+    assert parse_entries([{"source_name": "a", "create_new": True, "color": None}], "f") == [
+        MappingEntry("a", create_new=True)]
+
+
+def test_yaml_entries_get_the_same_checks(tmp_path):
+    path = write(tmp_path, "- {source_name: helmet, target_class_id: nope}\n", "mapping.yaml")
+    with pytest.raises(InputError, match="entry 0 \\('helmet'\\): target_class_id 'nope' is not a UUID"):
+        load_class_mapping(path)

@@ -9,6 +9,8 @@ as Roboflow's per-key limit needs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 import threading
 
 from apache_beam.utils.shared import Shared
@@ -56,6 +58,15 @@ _shared_supabase = Shared()
 _lock = threading.Lock()
 
 
+def _key_identity(ref: SecretRef) -> str:
+    """Which key a cached client was built with: an environment variable can hold another key in
+    the next import of the same process (pipeline/api.py), and that import must not reuse a client
+    holding the previous key. A digest, never the key; Secret Manager versions name their value."""
+    if not ref.env_var:
+        return ""
+    return hashlib.sha256(os.environ.get(ref.env_var, "").encode("utf-8")).hexdigest()[:16]
+
+
 def roboflow_client(config: RoboflowConfig) -> _Holder:
     """The process's Roboflow client for this config. Keep the returned holder alive while in use."""
 
@@ -66,7 +77,7 @@ def roboflow_client(config: RoboflowConfig) -> _Holder:
             max_in_flight=config.max_in_flight))
 
     with _lock:
-        return _shared_roboflow.acquire(make, tag=f"roboflow:{hash(config)}")
+        return _shared_roboflow.acquire(make, tag=f"roboflow:{hash(config)}:{_key_identity(config.api_key)}")
 
 
 def supabase_client(config: SupabaseConfig) -> _Holder:
@@ -78,4 +89,4 @@ def supabase_client(config: SupabaseConfig) -> _Holder:
             timeout=config.timeout, max_connections=config.max_connections, max_in_flight=config.max_in_flight))
 
     with _lock:
-        return _shared_supabase.acquire(make, tag=f"supabase:{hash(config)}")
+        return _shared_supabase.acquire(make, tag=f"supabase:{hash(config)}:{_key_identity(config.service_key)}")

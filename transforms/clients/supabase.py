@@ -65,6 +65,13 @@ def transport_error(exc: httpx.HTTPError, what: str) -> TransientError:
     return TransientError("connection", redact(f"{what}: {type(exc).__name__}: {exc}")[:300])
 
 
+def _filtered(query: Any, filters: dict[str, Any]) -> Any:
+    """Each ``col=value`` as ``eq``, a list/tuple/set value as ``in``."""
+    for column, value in filters.items():
+        query = query.in_(column, list(value)) if isinstance(value, (list, tuple, set)) else query.eq(column, value)
+    return query
+
+
 class SupabaseClient:
     def __init__(
         self,
@@ -171,9 +178,7 @@ class SupabaseClient:
 
         def run() -> list[dict[str, Any]]:
             query = self.postgrest.table(table).select(columns)
-            for column, value in filters.items():
-                query = query.in_(column, list(value)) if isinstance(value, (list, tuple, set)) else query.eq(
-                    column, value)
+            query = _filtered(query, filters)
             return query.execute().data
 
         return self._with_retries(run, f"select {table}")
@@ -224,3 +229,48 @@ class SupabaseClient:
 
     def rpc(self, function: str, params: dict[str, Any]) -> Any:
         return self._with_retries(lambda: self.postgrest.rpc(function, params).execute().data, f"rpc {function}")
+
+    # ---- incremental sync (--plan, --prune) ------------------------------------------------
+
+    def select_after(self, table: str, columns: str, *, key: str, after: str | None, limit: int,
+                     **filters: Any) -> list[dict[str, Any]]:
+        """One keyset page: rows with ``key > after`` in ``key`` order (stable, unlike offsets).
+        Filter names may address an embedded resource (``od_images.folder``)."""
+
+        def run() -> list[dict[str, Any]]:
+            query = self.postgrest.table(table).select(columns).order(key).limit(limit)
+            if after is not None:
+                query = query.gt(key, after)
+            query = _filtered(query, filters)
+            return query.execute().data
+
+        return self._with_retries(run, f"select {table}")
+
+    def delete_rows(self, table: str, **filters: Any) -> None:
+        """``delete from table where`` each ``col=value`` (a list means ``in``); at least one filter."""
+        if not filters:
+            raise ValueError("delete_rows needs a filter")
+
+        def run() -> None:
+            query = self.postgrest.table(table).delete(returning="minimal")
+            query = _filtered(query, filters)
+            query.execute()
+
+        self._with_retries(run, f"delete {table}")
+
+    def update_rows(self, table: str, values: dict[str, Any], **filters: Any) -> None:
+        if not filters:
+            raise ValueError("update_rows needs a filter")
+
+        def run() -> None:
+            query = self.postgrest.table(table).update(values, returning="minimal")
+            query = _filtered(query, filters)
+            query.execute()
+
+        self._with_retries(run, f"update {table}")
+
+    def remove_objects(self, paths: list[str]) -> None:
+        """Delete objects of the bucket; paths already gone are fine (a re-run after a crash)."""
+        if paths:
+            self._with_retries(lambda: self.storage.from_(self.bucket).remove(list(paths)),
+                               f"remove {len(paths)} objects")

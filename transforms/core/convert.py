@@ -59,6 +59,11 @@ def source_ref(dataset_id: str, image_id: str) -> str:
     return f"roboflow:{image_id}@{dataset_id}"
 
 
+def project_folder(workspace: str, project: str) -> str:
+    """``od_images.folder`` of an imported image: which Roboflow project it came from (used by --prune)."""
+    return f"roboflow/{workspace}/{project}"
+
+
 def image_uuid(ref: str) -> str:
     """Deterministic ``od_images.id`` so re-runs and retries address the same row."""
     return str(uuid.uuid5(_NAMESPACE, ref))
@@ -388,7 +393,7 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
         "file_size_bytes": stored.size_bytes,
         "mime_type": stored.mime_type,
         "source": SOURCE,
-        "folder": f"roboflow/{ctx.workspace}/{ctx.project}",
+        "folder": project_folder(ctx.workspace, ctx.project),
         "tags": pg_text(list(dict.fromkeys([*d.tags, *provenance]))),
         "status": status,
         "metadata": {"roboflow": pg_text(roboflow)},
