@@ -25,9 +25,10 @@ class ImportOptions(PipelineOptions):
         rf.add_argument("--roboflow_api_url", default=DEFAULT_API_URL, help="Roboflow API root")
         rf.add_argument("--roboflow_rate_limit", type=float, default=None,
                         help="Roboflow requests per second for the whole job; adapts to 429s when omitted")
-        rf.add_argument("--roboflow_listing", choices=("token", "offset"), default="token",
-                        help="token: continuation-token search, stable (default); offset: parallel pages, "
-                             "unstable on Roboflow's side (duplicates and misses are reconciled)")
+        rf.add_argument("--roboflow_listing", choices=("auto", "token", "offset"), default="auto",
+                        help="auto (default): parallel offset pages, completed by a token walk when they come back "
+                             "short; token: continuation-token search only, stable but sequential; offset: parallel "
+                             "pages only (unstable on Roboflow's side: misses are reported, not recovered)")
         rf.add_argument("--roboflow_api_key_secret", default=None,
                         help="Secret Manager version name holding the Roboflow key (Dataflow); "
                              "default: $ROBOFLOW_API_KEY")

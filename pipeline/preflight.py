@@ -214,7 +214,11 @@ def unmapped_classes(mapping: list[MappingEntry] | str, classes: dict[str, Any])
 
 
 def listing_spec(opts: ImportOptions, selection: Selection, total: int) -> ListingSpec:
-    return ListingSpec(opts.roboflow_workspace, opts.roboflow_project, total, mode=opts.roboflow_listing,
+    """``auto`` reads project-search pages, which have no split or RoboQL filter: those take the token walk."""
+    mode = opts.roboflow_listing
+    if mode == "auto" and (selection.split or selection.query):
+        mode = "token"
+    return ListingSpec(opts.roboflow_workspace, opts.roboflow_project, total, mode=mode,
                        filters=selection_body(selection), query=selection_query(selection))
 
 

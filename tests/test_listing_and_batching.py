@@ -1,6 +1,7 @@
 """The splittable listing's restrictions, and batching with several workers losing nothing."""
 
 import apache_beam as beam
+import pytest
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
@@ -8,7 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from transforms.batch_images import BatchImages, shard_of
 from transforms.clients.resources import RoboflowConfig
 from transforms.core.secrets import SecretRef
-from transforms.list_images import ListImageIdsFn, ListingSpec
+from transforms.list_images import ListImageIdsFn, ListingSpec, needs_token_walk
 
 CONFIG = RoboflowConfig("http://127.0.0.1:9", SecretRef(env_var="UNUSED_KEY"))
 
@@ -21,6 +22,19 @@ def test_offset_listing_splits_pages_for_parallel_reads():
     splits = list(fn.split(spec, restriction))
     assert [(s.start, s.stop) for s in splits] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
     assert sum(fn.restriction_size(spec, s) for s in splits) == 5
+
+
+@pytest.mark.parametrize(("distinct_ids", "lost_pages", "mode", "walk"), [
+    (1000, 0, "auto", False),  # the pages found every counted image
+    (1200, 0, "auto", False),  # more than counted: images added since the count, nothing missed
+    (999, 0, "auto", True),  # unstable order or deletions: the walk finds what the pages missed
+    (1000, 1, "auto", True),  # a page failed for good: the walk reads what it held
+    (999, 0, "offset", False),  # offset mode reports misses instead
+    (0, 0, "token", False),  # token mode is the walk already
+])
+def test_auto_listing_walks_only_when_the_pages_came_back_short(distinct_ids, lost_pages, mode, walk):
+    spec = ListingSpec("ws", "proj", total=1000, mode=mode)
+    assert needs_token_walk(spec, distinct_ids, lost_pages) is walk
 
 
 def test_token_listing_is_one_unclaimed_unit():

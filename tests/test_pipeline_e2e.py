@@ -143,19 +143,33 @@ def test_offset_listing_in_parallel_splits_loses_nothing_with_four_workers(
     assert target.sql("select count(distinct source_ref) as n from od_images")[0]["n"] == 1100
 
 
-@pytest.mark.parametrize("listing", ["token", "offset"])
+@pytest.mark.parametrize("listing", ["token", "offset", "auto"])
 def test_listing_modes_under_unstable_offset_order(listing, roboflow_emulator, target, tmp_path, monkeypatch):
-    """Token paging stays exact; offset paging de-duplicates and reports what it missed."""
+    """Token paging stays exact; offset paging de-duplicates and reports what it missed; auto sees the
+    offset pages come back short and completes them with one token walk."""
     emu = roboflow_emulator(image_count=1200, seed=3, image_kb_max=6,
                             faults=FaultConfig(unstable_order_rate=1.0, unstable_order_window=400))
     code, summary, _ = run_import(emu, target, tmp_path, "--roboflow_listing", listing, monkeypatch=monkeypatch)
     rows = target.sql("select count(*) as n, count(distinct source_ref) as d from od_images")[0]
     assert rows["n"] == rows["d"] == summary["imported"] == summary["listed"]
     assert summary["listed"] + summary["missing_from_listing"] == 1200
-    if listing == "token":
-        assert code == importer.EXIT_OK and summary["listed"] == 1200
-    else:
+    if listing == "offset":
         assert summary["missing_from_listing"] > 0 and code == importer.EXIT_INCOMPLETE
+    else:
+        assert code == importer.EXIT_OK and summary["listed"] == 1200
+    if listing == "auto":
+        assert summary["roboflow_api_calls"]["search"] >= 5 and summary["roboflow_api_calls"]["search_v1"] >= 12
+
+
+def test_auto_listing_of_a_stable_project_reads_parallel_pages_and_no_token_walk(
+        roboflow_emulator, target, tmp_path, monkeypatch):
+    """The default listing costs one project-search page per 250 images when the pages agree with the count."""
+    emu = roboflow_emulator(image_count=1100, seed=6, image_kb_max=6)
+    code, summary, _ = run_import(emu, target, tmp_path, monkeypatch=monkeypatch)
+    assert code == importer.EXIT_OK and summary["listed"] == summary["imported"] == 1100
+    counters = emu.counters()
+    assert counters.get("search_v1", 0) == 0
+    assert counters["search"] == 1 + 6  # the preflight count, then ceil(1100 / 250) + 1 pages
 
 
 def test_unmapped_class_is_an_input_error_before_any_write(roboflow_emulator, target, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ tagged output per failed image. A failure of one image never takes its batch-mat
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -55,6 +56,12 @@ def note_listed(image_id: str) -> str:
     if sink is not None:
         sink("images_listed", 1)
     return image_id
+
+
+# The pools serve tasks first in, first out. Were the batches of several DoFn threads interleaved in
+# the queue, they would all advance together and all finish late: the first row would wait for every
+# worker's first batch (measured: 16 first batches done between 1.9 s and 6.6 s into the stage).
+_submit_lock = threading.Lock()
 
 
 class WorkerResources:
@@ -113,7 +120,8 @@ class BatchStepFn(beam.DoFn):
                     return None, exc, tally
 
         items = list(items)
-        futures = [self._pool.submit(wrapped, item) for item in items]
+        with _submit_lock:  # one batch's tasks queue together, so batches finish one after another
+            futures = [self._pool.submit(wrapped, item) for item in items]
         out = []
         for item, future in zip(items, futures, strict=True):
             result, error, tally = future.result()

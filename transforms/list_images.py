@@ -1,14 +1,19 @@
 """Step 1: list the project's image ids with a splittable DoFn over Roboflow's search pages.
 
-Two listings, chosen by ``ListingSpec.mode``:
+Three listings, chosen by ``ListingSpec.mode``:
 
-* ``token`` (default): workspace search ``POST /{ws}/search/v1`` walked by continuation token.
+* ``token``: workspace search ``POST /{ws}/search/v1`` walked by continuation token.
   Keyset paging is stable, so every image comes exactly once; it is sequential by nature, so the
   restriction is one unit and the whole walk happens in one ``process()`` call.
 * ``offset``: project search ``POST /{ws}/{proj}/search`` pages of 250; the restriction is the page
   range, split up front so pages are read in parallel. Roboflow's offset order is unstable
   (roboflow-python #418: duplicates and misses), so ids are de-duplicated and the distinct count is
   reconciled with ``total`` in the summary.
+* ``auto`` (default): the offset pages in parallel, then a check: when fewer distinct ids came back
+  than Roboflow counted, or a page was lost, one token walk completes the listing. The usual case
+  costs one call per 250 images and no sequential walk (the next stage waits for the whole
+  listing, so a 5,000-image walk would delay the first row by its 50 pages); an unstable order
+  costs one walk more and loses nothing.
 
     ids = (p | beam.Create([spec]) | ListImages(roboflow_config))
 
@@ -37,6 +42,7 @@ from transforms.core.records import DeadLetter
 from transforms.core.tally import collecting
 
 PAGE_SIZE = 250
+LOST_PAGE = "lost_page"  # auto listing: an offset page that failed; the completing walk covers it
 SPLITS = ("train", "valid", "test")  # Roboflow's names; the platform writes valid as val
 
 
@@ -139,7 +145,7 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
         return OffsetRestrictionTracker(restriction)
 
     def split(self, spec: ListingSpec, restriction: OffsetRange):
-        if spec.mode == "offset":
+        if spec.mode != "token":
             yield from restriction.split(spec.pages_per_split)
         else:
             yield restriction
@@ -156,47 +162,74 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
         page = tracker.current_restriction().start
         while tracker.try_claim(page):
             if spec.mode == "token":
-                yield from self._walk_tokens(spec)
+                yield from walk_tokens(self._client, spec)
             else:
                 yield from self._read_offset_page(spec, page)
             page += 1
 
-    def _count(self, tally) -> None:
-        for name, n in tally.counts.items():
-            Metrics.counter(NAMESPACE, name).inc(int(n))
-
     def _read_offset_page(self, spec: ListingSpec, page: int):
-        with collecting() as tally:
-            try:
-                result = fetch_page(self._client, spec, page=page)
-            except Exception as exc:
-                result = exc
-        self._count(tally)
+        result = _fetch_counted(self._client, spec, page=page)
         if isinstance(result, Exception):
-            yield _lost_page(f"offset:{page * spec.page_size}", result)
+            if spec.mode == "auto":  # the completing walk will read what this page held
+                Metrics.counter(NAMESPACE, "list_offset_pages_lost").inc()
+                yield beam.pvalue.TaggedOutput(LOST_PAGE, page)
+            else:
+                yield _lost_page(f"offset:{page * spec.page_size}", result)
             return
-        Metrics.counter(NAMESPACE, "list_pages").inc()
-        Metrics.counter(NAMESPACE, "list_ids_raw").inc(len(result.ids))
         yield from result.ids
 
-    def _walk_tokens(self, spec: ListingSpec):
-        token = None
-        while True:
-            with collecting() as tally:
-                try:
-                    result = fetch_page(self._client, spec, token=token)
-                except Exception as exc:
-                    result = exc
-            self._count(tally)
-            if isinstance(result, Exception):
-                yield _lost_page("token-walk", result)
-                return
-            Metrics.counter(NAMESPACE, "list_pages").inc()
-            Metrics.counter(NAMESPACE, "list_ids_raw").inc(len(result.ids))
-            yield from result.ids
-            if not result.ids or not result.continuation_token:
-                return
-            token = result.continuation_token
+
+def _fetch_counted(client: RoboflowClient, spec: ListingSpec, *, page: int = 0,
+                   token: str | None = None) -> SearchPage | Exception:
+    """One page with its retries and page counters in Beam metrics; the error instead of raising it."""
+    with collecting() as tally:
+        try:
+            result = fetch_page(client, spec, page=page, token=token)
+        except Exception as exc:
+            result = exc
+    for name, n in tally.counts.items():
+        Metrics.counter(NAMESPACE, name).inc(int(n))
+    if not isinstance(result, Exception):
+        Metrics.counter(NAMESPACE, "list_pages").inc()
+        Metrics.counter(NAMESPACE, "list_ids_raw").inc(len(result.ids))
+    return result
+
+
+def walk_tokens(client: RoboflowClient, spec: ListingSpec):
+    """Every id of the token listing; a failed page ends the walk with a dead letter."""
+    token = None
+    spec = dataclasses.replace(spec, mode="token")
+    while True:
+        result = _fetch_counted(client, spec, token=token)
+        if isinstance(result, Exception):
+            yield _lost_page("token-walk", result)
+            return
+        yield from result.ids
+        if not result.ids or not result.continuation_token:
+            return
+        token = result.continuation_token
+
+
+class CompleteListingFn(beam.DoFn):
+    """``auto`` listing: a token walk when the parallel offset pages came back short, else nothing."""
+
+    def __init__(self, roboflow: RoboflowConfig):
+        self.roboflow = roboflow
+
+    def setup(self) -> None:
+        self._holder = roboflow_client(self.roboflow)
+        self._client = self._holder.client
+
+    def process(self, spec: ListingSpec, distinct_ids: int, lost_pages: int):
+        if not needs_token_walk(spec, distinct_ids, lost_pages):
+            return
+        Metrics.counter(NAMESPACE, "list_completing_walks").inc()
+        yield from walk_tokens(self._client, spec)
+
+
+def needs_token_walk(spec: ListingSpec, distinct_ids: int, lost_pages: int) -> bool:
+    """The offset pages saw every image only if none was lost and they found as many as Roboflow counts."""
+    return spec.mode == "auto" and (lost_pages > 0 or distinct_ids < spec.total)
 
 
 def _lost_page(where: str, error: Exception) -> beam.pvalue.TaggedOutput:
@@ -213,13 +246,24 @@ class ListImages(beam.PTransform):
 
     def expand(self, specs):
         listed = specs | "ReadPages" >> beam.ParDo(ListImageIdsFn(self.roboflow)).with_outputs(
-            DEAD_LETTER, main="ok")
+            DEAD_LETTER, LOST_PAGE, main="ok")
+        paged = listed.ok | "Distinct" >> beam.Distinct()
+        completed = (
+            specs
+            | "CompleteListing" >> beam.ParDo(
+                CompleteListingFn(self.roboflow),
+                distinct_ids=beam.pvalue.AsSingleton(paged | "CountPaged" >> beam.combiners.Count.Globally()),
+                lost_pages=beam.pvalue.AsSingleton(listed[LOST_PAGE] | "CountLost" >> beam.combiners.Count.Globally()),
+            ).with_outputs(DEAD_LETTER, main="ok")
+        )
         distinct = (
-            listed.ok
-            | "Distinct" >> beam.Distinct()
+            (paged, completed.ok)
+            | "WithWalk" >> beam.Flatten()
+            | "DistinctAll" >> beam.Distinct()
             | "CountListed" >> beam.Map(count_listed)
         )
-        return {"ok": distinct, DEAD_LETTER: listed[DEAD_LETTER]}
+        dead = (listed[DEAD_LETTER], completed[DEAD_LETTER]) | "ListingDeadLetters" >> beam.Flatten()
+        return {"ok": distinct, DEAD_LETTER: dead}
 
 
 def count_listed(image_id: str) -> str:
