@@ -27,7 +27,7 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import preflight
+from pipeline import launch, preflight
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.summary import build_summary, counters_of, render, write_summary
@@ -85,7 +85,10 @@ def images_to_retry(directory: str) -> list[str]:
 
 
 def runner_settings(options: PipelineOptions) -> tuple[str, int]:
-    """Pin the local runner (FnApiRunner, several threads) unless told otherwise; refuse the traps."""
+    """Pin the local runner (FnApiRunner, several threads) unless told otherwise; refuse the traps.
+
+    Returns the runner's name and how many worker processes share ``--roboflow_rate_limit``.
+    """
     standard = options.view_as(StandardOptions)
     direct = options.view_as(DirectOptions)
     if standard.runner is None:
@@ -102,12 +105,19 @@ def runner_settings(options: PipelineOptions) -> tuple[str, int]:
             direct.direct_running_mode = "multi_threading"
         processes = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
         return name, processes
+    if name == "dataflowrunner":  # the job's SDK processes, each with its share of the rate limit
+        return name, launch.check_dataflow(options)
     return name, 1
 
 
 def run(argv: list[str] | None = None) -> int:
     install_log_redaction()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    # Every HTTP request at INFO would bury the one-line errors (the root logger is at INFO).
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # On Dataflow: the job id, the console link and state changes, which the user watches.
+    logging.getLogger("apache_beam.runners.dataflow").setLevel(logging.INFO)
     argv = sys.argv[1:] if argv is None else argv
     started = time.monotonic()
     try:
@@ -125,7 +135,7 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
                             checked.supabase.bucket, class_ids, checked.max_object_bytes)
-    shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1)
+    shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
     log.info("importing %s/%s (%d images reported) into dataset %s with %s",
              checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner)

@@ -131,7 +131,9 @@ def _secret(secret_version: str | None, flag: str, env_var: str, what: str) -> t
         ref = SecretRef(secret_version=secret_version) if secret_version else SecretRef(env_var=env_var)
         return ref, ref.resolve()
     except MissingSecret as exc:
-        fix = f"export {env_var}=<the {what}>" if not secret_version else f"give the workers access to {flag}"
+        fix = (f"export {env_var}=<the {what}>" if not secret_version else
+               f"check {flag} and grant roles/secretmanager.secretAccessor on it to your account (the launcher "
+               "reads it for the preflight checks) and to the workers' service account")
         raise InputError(f"{exc}; {fix} before running") from None
     except ValueError as exc:
         raise InputError(f"{flag}: {exc}") from None

@@ -24,7 +24,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import DoFn, RestrictionProvider
 
-from transforms.batch_step import DEAD_LETTER, NAMESPACE
+from transforms.batch_step import DEAD_LETTER, NAMESPACE, ThrottlingReport, fold_tally
 from transforms.clients.resources import RoboflowConfig, roboflow_client
 from transforms.core.records import DeadLetter
 from transforms.core.tally import collecting
@@ -79,6 +79,7 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
     def setup(self) -> None:
         self._holder = roboflow_client(self.roboflow)
         self._client = self._holder.client
+        self._throttling = ThrottlingReport()
 
     def process(self, spec: ListingSpec, tracker=DoFn.RestrictionParam()):
         page = tracker.current_restriction().start
@@ -90,8 +91,7 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
             page += 1
 
     def _count(self, tally) -> None:
-        for name, n in tally.counts.items():
-            Metrics.counter(NAMESPACE, name).inc(int(n))
+        fold_tally(tally, self._throttling)
 
     def _read_offset_page(self, spec: ListingSpec, page: int):
         with collecting() as tally:
