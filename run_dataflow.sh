@@ -32,7 +32,8 @@ Launcher options (required first):
   --subnetwork URL         e.g. regions/R/subnetworks/S (optional); workers need egress to Roboflow,
                            Supabase and PyPI (public IPs or Cloud NAT)
   --job_name NAME          lowercase letters, digits, '-' (default roboflow-import-<UTC time>)
-  --dry-run                print the exact command and exit; nothing is checked, read or submitted
+  --dry-run                check the parameters, print the exact command and exit (nothing contacts GCP,
+                           Roboflow or Supabase; nothing is submitted)
   --help                   this text
 
 Importer options (passed to python -m pipeline.main; see its --help):
@@ -80,7 +81,7 @@ while [ $# -gt 0 ]; do
       var=${name#--}
       printf -v "$var" '%s' "$value"
       ;;
-    *key*) case "$name" in *secret*) ;; *) die "$name: keys are never options (they would show in the Dataflow \
+    *key*) case "$name" in *secret*|--dataflow_kms_key) ;; *) die "$name: keys are never options (they would show in the Dataflow \
 console); store the key in Secret Manager and pass --roboflow_api_key_secret / --supabase_key_secret" ;; esac
       importer+=("$arg"); shift ;;
     *) importer+=("$arg"); shift ;;

@@ -97,7 +97,7 @@ def check_command_line(flags: list[str] | None) -> None:
         after = f"after {option.split('=', 1)[0]}" if option else "before the first option"
         raise InputError(f"unexpected value {after}; each option takes one value (quote values with spaces)")
     name = dashed[0].split("=", 1)[0]
-    if "key" in name.lower() and "secret" not in name.lower():
+    if "key" in name.lower() and "secret" not in name.lower() and name != "--dataflow_kms_key":
         raise InputError(f"unknown option {name}; keys are never options: export {ROBOFLOW_KEY_ENV} and "
                          f"{SUPABASE_KEY_ENV}")
     known = [f"--{dest}" for dest in PipelineOptions([]).get_all_options()]

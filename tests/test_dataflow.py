@@ -28,6 +28,7 @@ from apache_beam.utils import secret as beam_secret
 
 from pipeline import main as importer
 from pipeline import preflight
+from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.testing.roboflow_emulator import FaultConfig
 from tests import gcs_standin
@@ -367,3 +368,13 @@ def test_workers_resolve_keys_from_secret_manager_names_in_setup(roboflow_emulat
     assert target.sql("select count(*) as n from od_images")[0]["n"] == 12
     # preflight reads each once; the workers' clients read them again (one client per process and config)
     assert secrets.read.count(RF_SECRET) >= 2 and secrets.read.count(SB_SECRET) >= 2
+
+
+def test_dataflows_kms_key_option_is_not_mistaken_for_an_api_key():
+    kms = "--dataflow_kms_key=projects/p/locations/europe-west1/keyRings/r/cryptoKeys/k"
+    result = launcher(*[x for pair in LAUNCHER.items() for x in pair], "--roboflow_api_key_secret", RF_SECRET,
+                      "--supabase_key_secret", SB_SECRET, kms, "--dry-run")
+    assert result.returncode == 0 and kms in result.stdout
+    preflight.check_command_line([kms])
+    with pytest.raises(InputError, match="keys are never options"):
+        preflight.check_command_line(["--roboflow_api_key=abc"])
