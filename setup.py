@@ -13,8 +13,10 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     package_data={"pipeline": ["migrations/*.sql"]},
+    # The demo's local Supabase stand-in signs its JWTs with PyJWT; workers do not need it.
+    extras_require={"demo": ["PyJWT>=2.8"]},
     install_requires=[
-        "apache-beam>=2.77.0,<2.78",
+        "apache-beam[gcp]>=2.77.0,<2.78",
         "supabase>=2.34,<2.35",
         "requests>=2.31",
         "pyarrow",

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import plan, preflight
+from pipeline import launch, plan, preflight
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
@@ -95,6 +95,7 @@ def images_to_retry(directory: str) -> list[str]:
 def runner_settings(options: PipelineOptions, argv: list[str]) -> tuple[str, int]:
     """Pin the local runner (FnApiRunner, several threads) unless told otherwise; refuse the traps.
 
+    Returns the runner's name and how many worker processes share ``--roboflow_rate_limit``.
     ``--direct_num_workers`` defaults to 1 in Beam, so only its absence from ``argv`` says "not given".
     """
     standard = options.view_as(StandardOptions)
@@ -113,6 +114,8 @@ def runner_settings(options: PipelineOptions, argv: list[str]) -> tuple[str, int
             direct.direct_running_mode = "multi_threading"
         processes = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
         return name, processes
+    if name == "dataflowrunner":  # the job's SDK processes, each with its share of the rate limit
+        return name, launch.check_dataflow(options)
     return name, 1
 
 
@@ -144,7 +147,7 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     class_ids = preflight.prepare_target(checked)
     context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
                             checked.supabase.bucket, class_ids, checked.max_object_bytes)
-    shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1)
+    shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
     log.info("importing %s/%s (%d images reported) into dataset %s with %s",
              checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner)
@@ -175,9 +178,18 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     return Outcome(EXIT_OK if summary["complete"] else EXIT_INCOMPLETE, summary, opts.summary_path)
 
 
-def run(argv: list[str] | None = None) -> int:
+def configure_logging() -> None:
+    """Redacted logs; library chatter at WARNING so one-line errors are not buried."""
     install_log_redaction()
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    for chatty in ("httpx", "httpcore"):  # every HTTP request at INFO (the root logger is at INFO)
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # On Dataflow: the job id, the console link and state changes, which the user watches.
+    logging.getLogger("apache_beam.runners.dataflow").setLevel(logging.INFO)
+
+
+def run(argv: list[str] | None = None) -> int:
+    configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     try:
         if plan.requested(argv):  # --plan: reads only, prints what the import would do (pipeline/plan.py)

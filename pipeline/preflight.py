@@ -102,7 +102,7 @@ def check_command_line(flags: list[str] | None) -> None:
         after = f"after {option.split('=', 1)[0]}" if option else "before the first option"
         raise InputError(f"unexpected value {after}; each option takes one value (quote values with spaces)")
     name = dashed[0].split("=", 1)[0]
-    if "key" in name.lower() and "secret" not in name.lower():
+    if "key" in name.lower() and "secret" not in name.lower() and name != "--dataflow_kms_key":
         raise InputError(f"unknown option {name}; keys are never options: export {ROBOFLOW_KEY_ENV} and "
                          f"{SUPABASE_KEY_ENV}")
     known = [f"--{dest}" for dest in PipelineOptions([]).get_all_options()]
@@ -136,7 +136,9 @@ def _secret(secret_version: str | None, flag: str, env_var: str, what: str) -> t
         ref = SecretRef(secret_version=secret_version) if secret_version else SecretRef(env_var=env_var)
         return ref, ref.resolve()
     except MissingSecret as exc:
-        fix = f"export {env_var}=<the {what}>" if not secret_version else f"give the workers access to {flag}"
+        fix = (f"export {env_var}=<the {what}>" if not secret_version else
+               f"check {flag} and grant roles/secretmanager.secretAccessor on it to your account (the launcher "
+               "reads it for the preflight checks) and to the workers' service account")
         raise InputError(f"{exc}; {fix} before running") from None
     except ValueError as exc:
         raise InputError(f"{flag}: {exc}") from None

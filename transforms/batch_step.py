@@ -71,6 +71,37 @@ class WorkerResources:
         self.__dict__.update(items)
 
 
+class ThrottlingReport:
+    """Time spent waiting for Roboflow (rate limit, 429 back-off), for Dataflow's autoscaler.
+
+    Beam's ``ThrottlingSignaler`` increments ``cumulativeThrottlingSeconds``, the counter Beam's own
+    IOs use to tell the runner that more workers would only wait. It takes whole seconds and most waits
+    are fractions, so the remainder is carried instead of rounding every short wait down to nothing.
+    One per DoFn instance (a DoFn instance runs on one thread at a time).
+    """
+
+    def __init__(self) -> None:
+        self._signaler = ThrottlingSignaler(NAMESPACE)
+        self._carry = 0.0
+
+    def add(self, seconds: float) -> None:
+        self._carry += seconds
+        whole = int(self._carry)
+        if whole:
+            self._signaler.signal_throttled(whole)
+            self._carry -= whole
+
+
+def fold_tally(tally: Tally, throttling: ThrottlingReport) -> None:
+    """Turn a task's tally into Beam counters (from the DoFn thread, where counters work)."""
+    for name, n in tally.counts.items():
+        if name == "roboflow.throttled_seconds":
+            throttling.add(n)
+            name, n = "throttled_ms", n * 1000
+        if int(n):
+            count(name, int(n))
+
+
 class BatchStepFn(beam.DoFn):
     """Base for the fetch, upload and write steps."""
 
@@ -86,20 +117,14 @@ class BatchStepFn(beam.DoFn):
                                                                 thread_name_prefix=self.step)),
             tag=f"pool-{self.step}-{self.concurrency}",
         ).executor
-        self._throttling = ThrottlingSignaler(NAMESPACE)
+        self._throttling = ThrottlingReport()
 
     def counter(self, name: str, n: int = 1) -> None:
         if n:
             count(name, n)
 
     def fold(self, tally: Tally) -> None:
-        """Turn a task's tally into Beam counters (from the DoFn thread, where counters work)."""
-        for name, n in tally.counts.items():
-            if name == "roboflow.throttled_seconds":
-                self._throttling.signal_throttled(int(round(n)))
-                self.counter("throttled_ms", int(n * 1000))
-            else:
-                self.counter(name, int(n))
+        fold_tally(tally, self._throttling)
 
     def collect(self, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn`` on this thread, folding what its clients counted (retries) into counters."""

@@ -35,7 +35,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import DoFn, RestrictionProvider
 
-from transforms.batch_step import DEAD_LETTER, NAMESPACE
+from transforms.batch_step import DEAD_LETTER, NAMESPACE, ThrottlingReport, fold_tally
 from transforms.clients.resources import RoboflowConfig, roboflow_client
 from transforms.clients.roboflow import RoboflowClient, SearchPage
 from transforms.core.records import DeadLetter
@@ -157,18 +157,19 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
     def setup(self) -> None:
         self._holder = roboflow_client(self.roboflow)
         self._client = self._holder.client
+        self._throttling = ThrottlingReport()
 
     def process(self, spec: ListingSpec, tracker=DoFn.RestrictionParam()):
         page = tracker.current_restriction().start
         while tracker.try_claim(page):
             if spec.mode == "token":
-                yield from walk_tokens(self._client, spec)
+                yield from walk_tokens(self._client, spec, self._throttling)
             else:
                 yield from self._read_offset_page(spec, page)
             page += 1
 
     def _read_offset_page(self, spec: ListingSpec, page: int):
-        result = _fetch_counted(self._client, spec, page=page)
+        result = _fetch_counted(self._client, spec, self._throttling, page=page)
         if isinstance(result, Exception):
             if spec.mode == "auto":  # the completing walk will read what this page held
                 Metrics.counter(NAMESPACE, "list_offset_pages_lost").inc()
@@ -179,28 +180,27 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
         yield from result.ids
 
 
-def _fetch_counted(client: RoboflowClient, spec: ListingSpec, *, page: int = 0,
+def _fetch_counted(client: RoboflowClient, spec: ListingSpec, throttling: ThrottlingReport, *, page: int = 0,
                    token: str | None = None) -> SearchPage | Exception:
-    """One page with its retries and page counters in Beam metrics; the error instead of raising it."""
+    """One page with its retries, waits and page counters in Beam metrics; the error instead of raising it."""
     with collecting() as tally:
         try:
             result = fetch_page(client, spec, page=page, token=token)
         except Exception as exc:
             result = exc
-    for name, n in tally.counts.items():
-        Metrics.counter(NAMESPACE, name).inc(int(n))
+    fold_tally(tally, throttling)
     if not isinstance(result, Exception):
         Metrics.counter(NAMESPACE, "list_pages").inc()
         Metrics.counter(NAMESPACE, "list_ids_raw").inc(len(result.ids))
     return result
 
 
-def walk_tokens(client: RoboflowClient, spec: ListingSpec):
+def walk_tokens(client: RoboflowClient, spec: ListingSpec, throttling: ThrottlingReport):
     """Every id of the token listing; a failed page ends the walk with a dead letter."""
     token = None
     spec = dataclasses.replace(spec, mode="token")
     while True:
-        result = _fetch_counted(client, spec, token=token)
+        result = _fetch_counted(client, spec, throttling, token=token)
         if isinstance(result, Exception):
             yield _lost_page("token-walk", result)
             return
@@ -219,12 +219,13 @@ class CompleteListingFn(beam.DoFn):
     def setup(self) -> None:
         self._holder = roboflow_client(self.roboflow)
         self._client = self._holder.client
+        self._throttling = ThrottlingReport()
 
     def process(self, spec: ListingSpec, distinct_ids: int, lost_pages: int):
         if not needs_token_walk(spec, distinct_ids, lost_pages):
             return
         Metrics.counter(NAMESPACE, "list_completing_walks").inc()
-        yield from walk_tokens(self._client, spec)
+        yield from walk_tokens(self._client, spec, self._throttling)
 
 
 def needs_token_walk(spec: ListingSpec, distinct_ids: int, lost_pages: int) -> bool:

@@ -163,6 +163,8 @@ class RoboflowClient:
 
         def on_retry(exc: TransientError, attempt_no: int, delay: float) -> None:
             self.stats.count_retry(exc.kind)
+            if exc.kind == "rate_limited":  # the back-off (or Retry-After) after a 429 is time throttled too
+                count("roboflow.throttled_seconds", delay)
             log.debug("retrying %s after %s (attempt %d, %.2fs)", route, exc.kind, attempt_no, delay)
 
         return call_with_retries(attempt, self.retry, on_retry=on_retry)

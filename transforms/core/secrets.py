@@ -52,6 +52,12 @@ class SecretRef:
                 raise MissingSecret(
                     f"reading {self.secret_version} needs apache-beam[gcp] on the workers"
                 ) from exc
-            value = GcpSecret(version_name=self.secret_version).get_secret_bytes().decode("utf-8").strip()
+            try:
+                value = GcpSecret(version_name=self.secret_version).get_secret_bytes().decode("utf-8").strip()
+            except RuntimeError as exc:  # Beam wraps every failure (no credentials, no access, not found)
+                cause = str(exc).rsplit(" with exception ", 1)[-1]
+                raise MissingSecret(f"cannot read {self.secret_version} from Secret Manager ({cause[:200]})") from None
+            if not value:
+                raise MissingSecret(f"{self.secret_version} is empty")
         register_secret(value)
         return value
