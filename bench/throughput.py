@@ -260,7 +260,12 @@ class Bench:
             watcher = Watcher(process.pid, lambda: self.count_rows(dataset_id))
             watcher.started = started
             watcher.start()
-            code = process.wait()
+            try:
+                code = process.wait()
+            finally:  # interrupted: the importer must not outlive the benchmark
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait()
             wall = time.monotonic() - started
             watcher.stop()
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -417,6 +422,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/throughput-<time>.json")
     args, importer_args = parser.parse_known_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind, so the stand-ins and importer stop too
 
     workload = Workload(images=args.images, rate_limit=None if args.unthrottled else args.rate_limit,
                         api_latency_ms=10.0 if args.unthrottled else args.api_latency_ms,

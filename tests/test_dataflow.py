@@ -149,7 +149,7 @@ def test_dry_run_command_builds_the_dataflow_job_graph(roboflow_emulator, target
     monkeypatch.setattr(beam_secret, "GcpSecret", secrets.cls)
     preflight.check_command_line(flags)
     options = PipelineOptions(flags + ["--dry_run=True"])
-    runner, processes = importer.runner_settings(options)
+    runner, processes = importer.runner_settings(options, flags)
     assert (runner, processes) == ("dataflowrunner", 5 * 4)  # 5 workers x one SDK process per vCPU
     opts = options.view_as(ImportOptions)
     checked = preflight.check(opts, workers=processes)

@@ -85,7 +85,8 @@ def test_install_requires_covers_every_import_and_matches_requirements_txt():
 
     pinned = {}
     for line in (REPO / "requirements.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
+        line = line.split(" #", 1)[0].strip()  # pip's inline comments
+        if line and not line.startswith("#"):
             requirement = Requirement(line)
             pinned[canonicalize_name(requirement.name)] = requirement
     for requirement in requires:
