@@ -142,13 +142,16 @@ class Watcher(threading.Thread):
         self.pid, self.count_rows, self.interval = pid, count_rows, interval
         self.started = time.monotonic()
         self.samples: list[tuple[float, int]] = []
+        self.rss_samples: list[tuple[float, int]] = []
         self.peak_rss = 0
         self.first_row_at: float | None = None
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            self.peak_rss = max(self.peak_rss, tree_rss_bytes(self.pid))
+            rss = tree_rss_bytes(self.pid)
+            self.peak_rss = max(self.peak_rss, rss)
+            self.rss_samples.append((time.monotonic() - self.started, rss))
             try:
                 rows = self.count_rows()
             except requests.RequestException:
@@ -293,6 +296,7 @@ class Bench:
             "stand_in_cpu_seconds": self.stand_in_cpu() - stand_in_cpu_before,
             "log": str(self.workdir / "pipeline.log"),
             "row_samples": [(round(t, 2), n) for t, n in watcher.samples],
+            "rss_mb_samples": [(round(t, 2), round(b / 2**20, 1)) for t, b in watcher.rss_samples],
         }
 
     def run_baseline(self, way: str, images: int) -> dict[str, Any]:

@@ -550,7 +550,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate,
                               pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=opts.storage_bucket,
-                              max_connections=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
+                              max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
     return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,
                    roboflow, supabase, listing_spec(opts, selection, total), info, version_splits, resolved,
                    bucket_exists, int(limit) if limit else None, selection, unmapped,
