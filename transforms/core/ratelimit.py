@@ -113,20 +113,21 @@ class AdaptiveRateLimiter:
 
         A caller that finds no token reserves the next one (the bucket goes into debt) and sleeps once
         until it is due. Polling instead would wake every waiting thread at every token: with dozens of
-        request threads that herd cost a whole core.
+        request threads that herd cost a whole core. The request is counted for the window when it is
+        sent, not when reserved: the controller judges a cut by the requests that went out after it.
         """
         with self._lock:
-            now = self._clock()
-            self._refill(now)
-            self._close_window(now)
-            self._requests += 1
-            if self._tokens >= 1.0 - 1e-9:
-                self._tokens -= 1.0
-                return 0.0
-            self._held_back = True
-            wait = (1.0 - self._tokens) / self.rate
+            self._refill(self._clock())
+            wait = 0.0
+            if self._tokens < 1.0 - 1e-9:
+                self._held_back = True
+                wait = (1.0 - self._tokens) / self.rate
             self._tokens -= 1.0
-        self._sleep(wait)
+        if wait:
+            self._sleep(wait)
+        with self._lock:
+            self._close_window(self._clock())
+            self._requests += 1
         return wait
 
     def on_throttled(self, retry_after: float | None = None) -> None:
