@@ -116,19 +116,29 @@ class AdaptiveRateLimiter:
         request threads that herd cost a whole core. The request is counted for the window when it is
         sent, not when reserved: the controller judges a cut by the requests that went out after it.
         """
-        with self._lock:
-            self._refill(self._clock())
-            wait = 0.0
-            if self._tokens < 1.0 - 1e-9:
-                self._held_back = True
-                wait = (1.0 - self._tokens) / self.rate
-            self._tokens -= 1.0
-        if wait:
-            self._sleep(wait)
+        waited = 0.0
+        while True:
+            with self._lock:
+                self._refill(self._clock())
+                if self._tokens >= 1.0 - 1e-9:
+                    self._tokens -= 1.0
+                    wait, reserved = 0.0, True
+                else:
+                    self._held_back = True
+                    wait = (1.0 - self._tokens) / self.rate
+                    # Reserve only up to one window ahead: a cut must show in the next window's sends.
+                    reserved = -self._tokens < self.rate * self.window
+                    if reserved:
+                        self._tokens -= 1.0
+            if wait:
+                self._sleep(wait)
+                waited += wait
+            if reserved:
+                break
         with self._lock:
             self._close_window(self._clock())
             self._requests += 1
-        return wait
+        return waited
 
     def on_throttled(self, retry_after: float | None = None) -> None:
         """Count a 429 for this window. ``retry_after`` is the retrying caller's to honour."""
