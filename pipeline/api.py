@@ -140,7 +140,7 @@ class RoboflowStreamingImporter:
             if self.roboflow_api_url:
                 argv += ["--roboflow_api_url", self.roboflow_api_url]
             argv += self.pipeline_args
-            with _one_import_at_a_time, _keys_in_environment(api_key, supabase_key):
+            with _one_import_at_a_time, keys_in_environment(api_key, supabase_key):
                 if logging.getLogger().handlers:  # the platform's handlers; never configure its logging
                     install_log_redaction()
                 logging.getLogger("apache_beam").setLevel(logging.WARNING)
@@ -173,7 +173,7 @@ def _output_directory(given: str | None) -> Iterator[Path]:
 
 
 @contextmanager
-def _keys_in_environment(roboflow_key: str, supabase_key: str) -> Iterator[None]:
+def keys_in_environment(roboflow_key: str, supabase_key: str) -> Iterator[None]:
     """The keys where the pipeline's SecretRefs read them, for this run only."""
     saved = {name: os.environ.get(name) for name in (ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV)}
     os.environ[ROBOFLOW_KEY_ENV] = roboflow_key

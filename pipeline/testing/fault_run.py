@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 from pipeline import main as importer
+from pipeline.api import keys_in_environment
 from pipeline.testing.roboflow_emulator import EmulatorConfig, FaultConfig, RoboflowEmulator
 from pipeline.testing.supabase_stack import LocalSupabase, StackFaults
 from transforms.core.convert import source_ref
@@ -111,22 +111,13 @@ def run_fault_run(images: int, workdir: Path, *, seed: int = 2024, extra_args: t
     with RoboflowEmulator(config, faults=FaultConfig(seed=seed, **ROBOFLOW_FAULTS)) as emulator, \
             LocalSupabase(faults=StackFaults(seed=seed, **STACK_FAULTS)) as stack:
         stack.execute_sql(f"insert into od_datasets (id, name) values ('{dataset_id}', 'fault run')")
-        previous = {k: os.environ.get(k) for k in ("ROBOFLOW_API_KEY", "SUPABASE_SERVICE_ROLE_KEY")}
-        os.environ["ROBOFLOW_API_KEY"] = config.api_key
-        os.environ["SUPABASE_SERVICE_ROLE_KEY"] = stack.service_role_key
-        try:
+        with keys_in_environment(config.api_key, stack.service_role_key):
             code = importer.run([
                 "--roboflow_workspace", config.workspace, "--roboflow_project", config.project,
                 "--roboflow_api_url", emulator.api_url, "--supabase_url", stack.url, "--dataset_id", dataset_id,
                 "--class_mapping", "auto", "--dead_letter_path", str(workdir / "dead_letters"),
                 "--summary_path", str(workdir / "summary.json"), *extra_args,
             ])
-        finally:
-            for key, value in previous.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
         stack.faults = StackFaults()  # read the results without faults
         summary = json.loads((workdir / "summary.json").read_text())
         letters = read_dead_letters(str(workdir / "dead_letters"))
