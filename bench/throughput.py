@@ -179,6 +179,7 @@ class Workload:
     cdn_latency_ms: float
     image_kb: tuple[int, int]
     adaptive: bool
+    export_size_ratio: float = 1.0
     seed: int = 5
 
 
@@ -195,7 +196,8 @@ class Bench:
         argv = ["-m", "pipeline.testing.roboflow_emulator", "--images", str(w.images), "--seed", str(w.seed),
                 "--api-key", self.keys["pipeline"], "--extra-api-keys", f"{self.keys['sdk']},{self.keys['zip']}",
                 "--image-kb-min", str(w.image_kb[0]), "--image-kb-max", str(w.image_kb[1]), "--versions", "1",
-                "--api-latency-ms", str(w.api_latency_ms), "--cdn-latency-ms", str(w.cdn_latency_ms)]
+                "--api-latency-ms", str(w.api_latency_ms), "--cdn-latency-ms", str(w.cdn_latency_ms),
+                "--export-size-ratio", str(w.export_size_ratio)]
         if w.rate_limit:
             argv += ["--rate-limit", str(w.rate_limit)]
         self.emulator = StandIn("emulator", argv, self.workdir)
@@ -250,7 +252,7 @@ class Bench:
             argv += ["--roboflow_rate_limit", str(w.rate_limit)]
         command = [PYTHON, *argv]
         if profile is not None:
-            command = [str(Path(PYTHON).parent / "py-spy"), "record", "--format", "raw", "--rate", "50",
+            command = [str(Path(PYTHON).parent / "py-spy"), "record", "--gil", "--format", "raw", "--rate", "50",
                        "--output", str(profile), "--nonblocking", "--", *command]
         env = {**os.environ, "ROBOFLOW_API_KEY": self.keys["pipeline"],
                "SUPABASE_SERVICE_ROLE_KEY": self.stack.info["service_role_key"]}
@@ -341,7 +343,8 @@ def table(workload: Workload, pipeline: dict, baselines: dict[str, dict]) -> str
         limit += " (not told to the importer)"
     rows = [
         ("workload", f"{workload.images} images, {workload.image_kb[0]}-{workload.image_kb[1]} KB, {limit}, "
-                     f"API {workload.api_latency_ms:g} ms, CDN {workload.cdn_latency_ms:g} ms"),
+                     f"API {workload.api_latency_ms:g} ms, CDN {workload.cdn_latency_ms:g} ms, "
+                     f"export images {workload.export_size_ratio:g}x the originals' bytes"),
         ("importer exit code", pipeline["exit_code"]),
         ("rows in od_dataset_images", pipeline["rows"]),
         ("wall time (s)", _fmt(pipeline["wall_seconds"])),
@@ -379,7 +382,8 @@ def table(workload: Workload, pipeline: dict, baselines: dict[str, dict]) -> str
 
 
 def profile_table(raw: Path, top: int = 20) -> str:
-    """Where the importer's CPU went: py-spy's on-CPU samples by innermost function and by package."""
+    """Where the importer's Python time went: py-spy's samples of the thread holding the GIL (one process
+    runs its Python one thread at a time), by innermost function and by package."""
     by_function: dict[str, int] = {}
     by_package: dict[str, int] = {}
     total = 0
@@ -422,7 +426,10 @@ def main() -> int:
     parser.add_argument("--sdk-images", type=int, default=300, help="images the serial SDK baseline imports")
     parser.add_argument("--zip-images", type=int, default=None,
                         help="images the ZIP baseline uploads after downloading the whole export (default: all)")
-    parser.add_argument("--profile", action="store_true", help="sample the importer with py-spy")
+    parser.add_argument("--export-size-ratio", type=float, default=1.0,
+                        help="bytes of an exported image per byte of its original (0: no picture content)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the importer with py-spy (the thread holding the GIL)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/throughput-<time>.json")
     args, importer_args = parser.parse_known_args()
@@ -431,7 +438,8 @@ def main() -> int:
     workload = Workload(images=args.images, rate_limit=None if args.unthrottled else args.rate_limit,
                         api_latency_ms=10.0 if args.unthrottled else args.api_latency_ms,
                         cdn_latency_ms=10.0 if args.unthrottled else args.cdn_latency_ms,
-                        image_kb=tuple(args.image_kb), adaptive=args.adaptive)
+                        image_kb=tuple(args.image_kb), adaptive=args.adaptive,
+                        export_size_ratio=args.export_size_ratio)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     workdir.mkdir(parents=True, exist_ok=True)
     ways = [] if args.baselines == "none" else [w for w in args.baselines.split(",") if w]

@@ -259,6 +259,27 @@ def test_yolo_export_has_data_yaml_and_normalised_labels(roboflow_emulator):
             assert all(0 <= v <= 1 for v in values)
 
 
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_export_images_are_recompressed_copies_with_the_originals_volume(roboflow_emulator, ratio):
+    emu = roboflow_emulator(image_count=10, export_pending_polls=0, image_kb_min=60, image_kb_max=80,
+                            png_fraction=0, export_size_ratio=ratio)
+    link = call(emu, "GET", project_path(emu, "/2/coco")).json()["export"]["link"]
+    archive = zipfile.ZipFile(io.BytesIO(requests.get(link, timeout=10).content))
+    records = {export_file_name(r, 2): r for r in emu.dataset.version(2).records()}
+    sizes = []
+    for name in archive.namelist():
+        record = records.get(name.rsplit("/", 1)[-1])
+        if record is None:
+            continue
+        copy = archive.read(name)
+        original = requests.get(details(emu, record.id).json()["image"]["urls"]["original"], timeout=10).content
+        assert copy != original
+        assert Image.open(io.BytesIO(copy)).size == (record.width, record.height)
+        sizes.append(len(copy) / len(original))
+    assert len(sizes) == 10
+    assert all(abs(size - ratio) < 0.01 for size in sizes), sizes
+
+
 def test_search_defaults_limit_cap_and_no_geometry(roboflow_emulator):
     emu = roboflow_emulator(image_count=300)
     default = call(emu, "POST", project_path(emu, "/search")).json()

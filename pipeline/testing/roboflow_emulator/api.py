@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import hashlib
 import hmac
 import json
@@ -258,7 +259,7 @@ class RoboflowApi:
                     self.dataset.annotation_group,
                     self.config.workspace,
                     self.config.project,
-                    self.images,
+                    functools.partial(self.images.export_copy, size_ratio=self.config.export_size_ratio),
                 )
                 job.path = path
                 formats = self._version_exports.setdefault(number, [])

@@ -80,6 +80,10 @@ class EmulatorConfig:
     export_pending_polls: int = field(
         default=2, metadata=_doc("export requests answered 202 before the export is ready")
     )
+    export_size_ratio: float = field(
+        default=1.0,
+        metadata=_doc("bytes of an exported (recompressed) image per byte of its original; 1 = the same volume"),
+    )
     details_include_owner: bool = field(
         default=False, metadata=_doc("add `owner` to image details (the documented shape has none)")
     )
@@ -97,6 +101,8 @@ class EmulatorConfig:
             raise ValueError("image_count must be >= 0 and versions >= 1")
         if not 0 < self.image_kb_min <= self.image_kb_max:
             raise ValueError("need 0 < image_kb_min <= image_kb_max")
+        if not 0 <= self.export_size_ratio <= 1:
+            raise ValueError("export_size_ratio must be between 0 and 1")
         if not 1 <= self.max_boxes <= 50:
             raise ValueError("max_boxes must be in 1..50")
         if self.search_created_unit not in ("ms", "s"):

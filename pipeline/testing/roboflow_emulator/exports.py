@@ -8,9 +8,9 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Callable
 
 from .dataset import SPLITS, ImageRecord, VersionSnapshot
-from .images import ImageFactory
 
 YOLO_FORMATS = ("yolov5pytorch", "yolov7pytorch", "yolov8", "yolov9", "yolov11")
 _UNSAFE_STEM = re.compile(r"[^A-Za-z0-9_-]+")
@@ -41,21 +41,21 @@ def build_export(
     annotation_group: str,
     workspace: str,
     project: str,
-    images: ImageFactory,
+    export_image: Callable[[ImageRecord], bytes],
 ) -> int:
     """Write the ZIP to ``path`` (ZIP_STORED, images streamed one by one) and return its size."""
     created = datetime.datetime.fromtimestamp(version.created, tz=datetime.UTC).isoformat(timespec="seconds")
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         if export_format in YOLO_FORMATS:
-            _write_yolo(archive, export_format, version, classes, workspace, project, images)
+            _write_yolo(archive, export_format, version, classes, workspace, project, export_image)
         else:
-            _write_coco(archive, version, classes, annotation_group, workspace, project, created, images)
+            _write_coco(archive, version, classes, annotation_group, workspace, project, created, export_image)
         archive.writestr("README.dataset.txt", _readme_dataset(project, version, export_format))
         archive.writestr("README.roboflow.txt", _README_ROBOFLOW)
     return os.path.getsize(path)
 
 
-def _write_coco(archive, version, classes, annotation_group, workspace, project, created, images) -> None:
+def _write_coco(archive, version, classes, annotation_group, workspace, project, created, export_image) -> None:
     categories = [{"id": 0, "name": annotation_group, "supercategory": "none"}] + [
         {"id": number, "name": sanitize_class_name(name), "supercategory": annotation_group}
         for number, name in enumerate(classes, start=1)
@@ -65,7 +65,7 @@ def _write_coco(archive, version, classes, annotation_group, workspace, project,
     for record in version.records():
         entry = by_split[record.split]
         file_name = export_file_name(record, version.number)
-        archive.writestr(f"{record.split}/{file_name}", images.export_copy(record))
+        archive.writestr(f"{record.split}/{file_name}", export_image(record))
         image_number = len(entry["images"])
         entry["images"].append(
             {
@@ -112,11 +112,11 @@ def _write_coco(archive, version, classes, annotation_group, workspace, project,
         archive.writestr(f"{split}/_annotations.coco.json", json.dumps(document, ensure_ascii=False, indent=4))
 
 
-def _write_yolo(archive, export_format, version, classes, workspace, project, images) -> None:
+def _write_yolo(archive, export_format, version, classes, workspace, project, export_image) -> None:
     class_number = {name: number for number, name in enumerate(classes)}
     for record in version.records():
         file_name = export_file_name(record, version.number)
-        archive.writestr(f"{record.split}/images/{file_name}", images.export_copy(record))
+        archive.writestr(f"{record.split}/images/{file_name}", export_image(record))
         lines = [
             f"{class_number[b['label']]} {b['x'] / record.width:.6f} {b['y'] / record.height:.6f} "
             f"{b['width'] / record.width:.6f} {b['height'] / record.height:.6f}"

@@ -62,18 +62,25 @@ class ImageFactory:
                 self._thumbs[key] = thumb
         return _jpeg_with_comment(thumb, f"roboflow-emulator thumb id={record.id}".encode(), b"")
 
-    def export_copy(self, record: ImageRecord) -> bytes:
-        """Exports are recompressed JPEGs without the original's padding."""
+    def export_copy(self, record: ImageRecord, size_ratio: float = 1.0) -> bytes:
+        """Exports are recompressed JPEGs: other bytes than the original, ``size_ratio`` of its volume.
+
+        The original's padding stands for its picture content, so a recompressed copy keeps that share
+        of it; dropping it all would make the ZIP path move a twentieth of the importer's bytes.
+        """
         base = self._base(record.width, record.height, "jpeg")
-        return _jpeg_with_comment(base, f"roboflow-emulator export id={record.id}".encode(), b"")
+        tag = f"roboflow-emulator export id={record.id}".encode()
+        target = int(record.byte_size * size_ratio)
+        padding = self._padding(record, len(base) + len(tag) + 4, target)
+        return _jpeg_with_comment(base, tag, padding[::-1])
 
     def undecodable(self, record: ImageRecord) -> bytes:
         """Starts like a JPEG, then garbage: what a corrupt upload looks like on the CDN."""
         size = max(1024, record.byte_size)
         return b"\xff\xd8\xff\xe0" + hashlib.shake_128(f"{self.seed}:corrupt:{record.id}".encode()).digest(size - 4)
 
-    def _padding(self, record: ImageRecord, used: int) -> bytes:
-        missing = record.byte_size - used
+    def _padding(self, record: ImageRecord, used: int, size: int | None = None) -> bytes:
+        missing = (record.byte_size if size is None else size) - used
         if missing <= 0:
             return b""
         noise = hashlib.shake_128(f"{self.seed}:pad:{record.id}".encode()).digest(missing)
