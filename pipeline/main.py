@@ -136,6 +136,9 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     preflight.check_command_line(argv)  # before view_as: argparse would print its usage text
     options = PipelineOptions(argv)
     opts = options.view_as(ImportOptions)
+    if opts.plan or opts.plan_json:  # run() answers these before execute(); here they would write
+        raise InputError("--plan only prints a plan, from the command line (python -m pipeline.main --plan ...); "
+                         "this call imports, so leave --plan out of its arguments")
     if not opts.progress_interval > 0:  # also NaN
         raise InputError(f"--progress_interval must be a positive number of seconds (got {opts.progress_interval}); "
                          "omit it for the default 10")

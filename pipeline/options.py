@@ -73,7 +73,7 @@ class ImportOptions(PipelineOptions):
                          help="Write nothing: print what the import would do (counts, bytes, time, unmapped "
                               "classes); exit 0 if it could run, 2 if not")
         sel.add_argument("--plan_json", action="store_true", default=False,
-                         help="With --plan: print the plan as JSON instead of a table")
+                         help="--plan, printed as JSON instead of a table")
         sel.add_argument("--prune", action="store_true", default=False,
                          help="After the import, remove this project's images from the dataset that Roboflow no "
                               "longer lists (only after a complete, unfiltered listing)")

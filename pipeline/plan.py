@@ -44,12 +44,14 @@ DEFAULT_START_RATE = AdaptiveRateLimiter().rate  # requests/s the limiter starts
 def requested(argv: list[str]) -> bool:
     """Whether the command line asks for a plan (flags checked first: one-line errors, no usage text)."""
     preflight.check_command_line(argv)
-    return bool(PipelineOptions(argv).view_as(ImportOptions).plan)
+    opts = PipelineOptions(argv).view_as(ImportOptions)
+    return bool(opts.plan or opts.plan_json)  # --plan_json alone asks for a plan too, never for an import
 
 
 def run_plan(argv: list[str]) -> int:
     """Print the plan (a table, or JSON with ``--plan_json``); 0 if the import could run, else 2."""
     opts = PipelineOptions(argv).view_as(ImportOptions)
+    opts.plan = True  # also when only --plan_json was given
     checked = preflight.check(opts)
     plan = make_plan(checked, opts)
     print(json.dumps(plan, indent=2, sort_keys=True) if opts.plan_json else render_plan(plan))

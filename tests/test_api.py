@@ -108,6 +108,18 @@ def test_malformed_call_is_refused_before_any_request(args, match, no_keys_in_en
         api.import_dataset(*args)
 
 
+@pytest.mark.parametrize("flag", ["--plan", "--plan_json"])
+def test_plan_flags_in_pipeline_args_are_refused_not_run_as_an_import(roboflow_emulator, target, no_keys_in_env,
+                                                                     flag):
+    emu = roboflow_emulator(image_count=5)
+    api = RoboflowStreamingImporter(target.url, target.service_role_key, roboflow_api_url=emu.api_url,
+                                    pipeline_args=[flag])
+    with pytest.raises(ImportInputError, match="^--plan only prints a plan, from the command line"):
+        api.import_dataset(emu.config.api_key, emu.config.workspace, emu.config.project, None, DATASET, "auto")
+    assert target.sql("select count(*) as n from od_images")[0]["n"] == 0 and target.list_objects(BUCKET) == []
+    assert emu.counters().get("image_details", 0) == 0
+
+
 def test_missing_supabase_settings_name_the_environment(no_keys_in_env):
     with pytest.raises(ImportInputError, match="no Supabase URL; pass supabase_url= or set SUPABASE_URL"):
         RoboflowStreamingImporter().import_dataset("k" * 20, "ws", "p", None, DATASET, "auto")

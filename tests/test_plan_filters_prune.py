@@ -182,7 +182,8 @@ def plan_run(emu, stack, out, *extra, monkeypatch, capsys) -> tuple[int, dict | 
     monkeypatch.setenv("ROBOFLOW_API_KEY", emu.config.api_key)
     monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", stack.service_role_key)
     capsys.readouterr()  # drop what earlier runs printed
-    code = importer.run(importer_args(emu, stack, out, DATASET, "--plan", *extra))
+    plan_flags = [] if "--plan_json" in extra else ["--plan"]  # --plan_json alone asks for a plan too
+    code = importer.run(importer_args(emu, stack, out, DATASET, *plan_flags, *extra))
     text = capsys.readouterr().out
     return code, json.loads(text) if "--plan_json" in extra else text
 
