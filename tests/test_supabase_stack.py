@@ -746,3 +746,13 @@ def test_missing_postgrest_binary_fails_loudly(monkeypatch, tmp_path):
     monkeypatch.setenv("POSTGREST_BIN", str(tmp_path / "absent"))
     with pytest.raises(RuntimeError, match="run ./scripts/bootstrap.sh"):
         postgrest_binary()
+
+
+def test_every_nth_rest_request_fails_whatever_the_seed():
+    from pipeline.testing.supabase_stack.faults import FaultInjector
+
+    for seed in (0, 1, 2):
+        injector = FaultInjector(StackFaults(seed=seed, rest_503_every=3))
+        kinds = [injector.for_rest().kind for _ in range(9)]
+        assert [i for i, kind in enumerate(kinds, start=1) if kind == "rest_503"] == [3, 6, 9]
+        assert all(injector.for_storage().kind is None for _ in range(5))  # storage untouched

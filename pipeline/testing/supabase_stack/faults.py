@@ -31,6 +31,7 @@ class StackFaults:
     storage_slow_rate: float = 0.0
     storage_413_rate: float = 0.0
     rest_503_rate: float = 0.0
+    rest_503_every: int = 0  # every n-th PostgREST request answers 503: a fixed share with no luck in it
     rest_500_rate: float = 0.0
     rest_429_rate: float = 0.0
     rest_slow_rate: float = 0.0
@@ -81,6 +82,7 @@ class FaultInjector:
         with self._lock:
             self._faults = faults
             self._rng = random.Random(faults.seed)
+            self._rest_requests = 0
 
     def _hit(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
@@ -108,7 +110,10 @@ class FaultInjector:
             decision = FaultDecision()
             if self._hit(f.rest_slow_rate):
                 decision.delay = f.slow_seconds
-            if self._hit(f.rest_503_rate):
+            self._rest_requests += 1
+            if f.rest_503_every and self._rest_requests % f.rest_503_every == 0:
+                decision.kind, decision.status = "rest_503", 503
+            elif self._hit(f.rest_503_rate):
                 decision.kind, decision.status = "rest_503", 503
             elif self._hit(f.rest_500_rate):
                 decision.kind, decision.status = "rest_500", 500
