@@ -17,7 +17,6 @@ def test_each_kind_keeps_its_one_client_when_the_other_kind_is_acquired_in_betwe
     assert held[0].client.limiter is held[4].client.limiter
 
 
-
 def test_every_copy_of_a_step_shares_one_pool_per_process_and_steps_keep_their_own():
     """Beam unpickles a DoFn per bundle processor; each copy must reuse the process's pool of that step."""
     import pickle
