@@ -12,7 +12,6 @@ redacted messages, since Roboflow's 401 body echoes the key.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -24,7 +23,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import AdaptiveRateLimiter, in_flight_gate
 from transforms.core.redact import redact, register_secret
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries, parse_retry_after
 from transforms.core.tally import count
@@ -100,7 +99,7 @@ class RoboflowClient:
         self.timeout = timeout
         self.not_found_retries = not_found_retries
         self.stats = CallStats()
-        self._gate = threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
+        self._gate = in_flight_gate(max_in_flight)
         self._api = self._session(pool_size, {"Authorization": f"Bearer {api_key}"})
         self._cdn = self._session(pool_size, {})
 

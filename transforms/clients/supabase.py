@@ -13,9 +13,7 @@ success once the stored object is known to be ours.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +23,7 @@ from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 from supabase import ClientOptions, create_client
 
+from transforms.core.ratelimit import in_flight_gate
 from transforms.core.records import ExistingImage
 from transforms.core.redact import redact, register_secret
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
@@ -90,8 +89,8 @@ class SupabaseClient:
         self.retry = retry or RetryPolicy()
         # Object uploads and table calls get separate gates: behind one, the few row writes that finish
         # a batch waited among hundreds of queued uploads (unthrottled: first row after 24.3 s).
-        self._storage_gate = threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
-        self._rest_gate = threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
+        self._storage_gate = in_flight_gate(max_in_flight)
+        self._rest_gate = in_flight_gate(max_in_flight)
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),

@@ -22,10 +22,16 @@ freezing every thread.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from collections.abc import Callable
+
+
+def in_flight_gate(max_in_flight: int | None) -> contextlib.AbstractContextManager:
+    """A ``with`` gate letting at most ``max_in_flight`` requests through at once (None: no gate)."""
+    return threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
 
 
 class AdaptiveRateLimiter:
