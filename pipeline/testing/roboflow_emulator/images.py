@@ -72,7 +72,7 @@ class ImageFactory:
         tag = f"roboflow-emulator export id={record.id}".encode()
         target = int(record.byte_size * size_ratio)
         padding = self._padding(record, len(base) + len(tag) + 4, target)
-        return _jpeg_with_comment(base, tag, padding[::-1])
+        return _jpeg_with_comment(base, tag, padding[::-1])  # reversed: the same seeded noise starts both
 
     def undecodable(self, record: ImageRecord) -> bytes:
         """Starts like a JPEG, then garbage: what a corrupt upload looks like on the CDN."""
