@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import launch, plan, preflight
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions
+from pipeline.options import ImportOptions, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, write_summary
 from transforms.batch_images import BatchImages
@@ -194,6 +194,9 @@ def configure_logging() -> None:
 def run(argv: list[str] | None = None) -> int:
     configure_logging()
     argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return EXIT_OK
     try:
         if plan.requested(argv):  # --plan: reads only, prints what the import would do (pipeline/plan.py)
             return plan.run_plan(argv)

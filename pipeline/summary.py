@@ -117,6 +117,13 @@ def _row(label: str, value: Any, note: str = "") -> str:
     return f"  {label:<22}{text:>12}" + (f"   {note}" if note else "")
 
 
+def rate_limit_note(summary: dict) -> str:
+    """The throttled time in words: it is summed over the requests that waited, so it can exceed the run."""
+    waiting = summary["throttled_seconds"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
+    return (f"summed over every request held back by the Roboflow rate limit: on average {waiting:,.1f} "
+            "requests were waiting at any moment of the run")
+
+
 def render(summary: dict) -> str:
     """A table for a person; the JSON file has the same figures and more."""
     ok = "complete" if summary["complete"] else "INCOMPLETE"
@@ -150,9 +157,10 @@ def render(summary: dict) -> str:
         _row("annotations", summary["annotations"], f"dropped: {dropped}" if dropped else ""),
         _row("objects uploaded", summary["objects_uploaded"],
              f"{summary['bytes_uploaded'] / 1e6:,.1f} MB; already present {summary['objects_already_present']:,}"),
-        _row("time", f"{summary['seconds']:,.1f} s", f"{summary['images_per_second'] or 0:,.1f} images/s, "
-             f"throttled {summary['throttled_seconds']} s"),
+        _row("time", f"{summary['seconds']:,.1f} s", f"{summary['images_per_second'] or 0:,.1f} images/s"),
     ]
+    if summary["throttled_seconds"]:
+        lines.append(_row("rate-limit waits", f"{summary['throttled_seconds']:,.1f} s", rate_limit_note(summary)))
     groups = summary.get("dead_letters_by_error") or {}
     if groups:
         lines.append("  dead letters by error type:")

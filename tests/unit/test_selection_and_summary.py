@@ -134,6 +134,17 @@ def test_summary_table_has_every_count_and_the_dead_letters_by_type(tmp_path):
     assert by_type[:4] == ["not_found", "2", "at", "fetch_details;"]
 
 
+def test_throttled_time_is_said_as_requests_waiting_on_average_not_as_bare_seconds():
+    """47.8 s throttled in a 9 s run is request-seconds: 5.3 requests waiting on average."""
+    counters = {"images_listed": 3, "images_written": 3, "throttled_ms": 47_800}
+    table = render(build_summary(counters, checked=checked(), seconds=9.0, dead_letter_files=[]))
+    waits = next(line for line in table.splitlines() if "rate-limit waits" in line)
+    assert "47.8 s" in waits and "on average 5.3 requests were waiting" in waits
+    quiet = render(build_summary({"images_listed": 1, "images_written": 1}, checked=checked(), seconds=1.0,
+                                 dead_letter_files=[]))
+    assert "rate-limit waits" not in quiet and "throttled" not in quiet
+
+
 def test_a_skipped_prune_says_why_and_a_failed_one_makes_the_run_incomplete():
     skipped = prune_outcome({"prune_skipped": 4}, "delete")
     assert skipped["skipped"] == 4 and "listing was incomplete" in skipped["note"]
