@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import apache_beam as beam
 from apache_beam.io.components.adaptive_throttler import ThrottlingSignaler
 from apache_beam.metrics import Metrics
-from apache_beam.utils.shared import Shared
 
 from transforms.core.records import DeadLetter
+from transforms.core.shared import PROCESS_SHARED, Lease
 from transforms.core.tally import Tally, collecting
 
 DEAD_LETTER = "dead_letter"
@@ -64,30 +64,24 @@ def note_listed(image_id: str) -> str:
 _submit_lock = threading.Lock()
 
 
-class WorkerResources:
-    """Objects one worker process shares across DoFn threads (weak-referenceable for ``Shared``)."""
-
-    def __init__(self, **items: Any):
-        self.__dict__.update(items)
-
-
-# One Shared per step: a Shared holds one object, and acquiring it with another tag replaces it. Shared
-# keeps weak references (plus a strong one to whatever was acquired last, of any key), so a DoFn must hold
-# the returned holder: keeping only its executor made a new pool at nearly every setup() (measured:
-# ~1,550 pool threads in one 16-worker process instead of 2 x 80, and the CPU to schedule them).
-_shared_pools: dict[str, Shared] = {}
-_shared_pools_lock = threading.Lock()
+def step_pool(step: str, concurrency: int) -> Lease[ThreadPoolExecutor]:
+    """A lease on the process's thread pool for ``step`` (transforms/core/shared.py says why a lease)."""
+    return PROCESS_SHARED.lease(
+        ("pool", step, concurrency),
+        make=lambda: ThreadPoolExecutor(concurrency * POOL_PER_REQUEST, thread_name_prefix=step),
+        close=lambda pool: pool.shutdown(wait=False))
 
 
-def step_pool(step: str, concurrency: int) -> WorkerResources:
-    """The process's thread pool for ``step``; keep the returned holder alive while using its executor."""
+class LeasingDoFn(beam.DoFn):
+    """A DoFn whose ``setup()`` leases per-process resources and whose ``teardown()`` gives them back."""
 
-    def make() -> WorkerResources:
-        return WorkerResources(executor=ThreadPoolExecutor(concurrency * POOL_PER_REQUEST, thread_name_prefix=step))
+    def lease(self, lease: Lease[T]) -> T:
+        self.__dict__.setdefault("_leases", []).append(lease)
+        return lease.value
 
-    with _shared_pools_lock:
-        shared = _shared_pools.setdefault(step, Shared())
-        return shared.acquire(make, tag=f"pool-{step}-{concurrency}")
+    def teardown(self) -> None:
+        for lease in self.__dict__.pop("_leases", []):
+            lease.release()
 
 
 class ThrottlingReport:
@@ -121,7 +115,7 @@ def fold_tally(tally: Tally, throttling: ThrottlingReport) -> None:
             count(name, int(n))
 
 
-class BatchStepFn(beam.DoFn):
+class BatchStepFn(LeasingDoFn):
     """Base for the fetch, upload and write steps."""
 
     step = "step"
@@ -130,8 +124,7 @@ class BatchStepFn(beam.DoFn):
         self.concurrency = concurrency
 
     def setup(self) -> None:
-        self._pool_holder = step_pool(self.step, self.concurrency)  # held: Shared keeps only weak references
-        self._pool = self._pool_holder.executor
+        self._pool = self.lease(step_pool(self.step, self.concurrency))
         self._throttling = ThrottlingReport()
 
     def counter(self, name: str, n: int = 1) -> None:

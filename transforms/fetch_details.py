@@ -28,8 +28,7 @@ class FetchDetailsFn(BatchStepFn):
 
     def setup(self) -> None:
         super().setup()
-        self._holder = roboflow_client(self.roboflow)
-        self._client = self._holder.client
+        self._client = self.lease(roboflow_client(self.roboflow))
 
     def fetch(self, image_id: str) -> ImageDetails:
         ctx = self.context

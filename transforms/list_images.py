@@ -35,7 +35,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import DoFn, RestrictionProvider
 
-from transforms.batch_step import DEAD_LETTER, NAMESPACE, ThrottlingReport, fold_tally
+from transforms.batch_step import DEAD_LETTER, NAMESPACE, LeasingDoFn, ThrottlingReport, fold_tally
 from transforms.clients.resources import RoboflowConfig, roboflow_client
 from transforms.clients.roboflow import RoboflowClient, SearchPage
 from transforms.core.records import DeadLetter
@@ -131,7 +131,7 @@ def iter_pages(client: RoboflowClient, spec: ListingSpec) -> Iterator[SearchPage
             return
 
 
-class ListImageIdsFn(beam.DoFn, RestrictionProvider):
+class ListImageIdsFn(LeasingDoFn, RestrictionProvider):
     """Emits raw image ids (duplicates possible in offset mode) and dead letters for lost pages."""
 
     def __init__(self, roboflow: RoboflowConfig):
@@ -155,8 +155,7 @@ class ListImageIdsFn(beam.DoFn, RestrictionProvider):
 
     # ---- DoFn ----
     def setup(self) -> None:
-        self._holder = roboflow_client(self.roboflow)
-        self._client = self._holder.client
+        self._client = self.lease(roboflow_client(self.roboflow))
         self._throttling = ThrottlingReport()
 
     def process(self, spec: ListingSpec, tracker=DoFn.RestrictionParam()):
@@ -210,15 +209,14 @@ def walk_tokens(client: RoboflowClient, spec: ListingSpec, throttling: Throttlin
         token = result.continuation_token
 
 
-class CompleteListingFn(beam.DoFn):
+class CompleteListingFn(LeasingDoFn):
     """``auto`` listing: a token walk when the parallel offset pages came back short, else nothing."""
 
     def __init__(self, roboflow: RoboflowConfig):
         self.roboflow = roboflow
 
     def setup(self) -> None:
-        self._holder = roboflow_client(self.roboflow)
-        self._client = self._holder.client
+        self._client = self.lease(roboflow_client(self.roboflow))
         self._throttling = ThrottlingReport()
 
     def process(self, spec: ListingSpec, distinct_ids: int, lost_pages: int):

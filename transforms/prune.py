@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.batch_step import NAMESPACE
+from transforms.batch_step import NAMESPACE, LeasingDoFn
 from transforms.clients.resources import SupabaseConfig, supabase_client
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.convert import project_folder
@@ -93,7 +93,7 @@ def _fold(tally) -> None:
         _inc(name, int(n))
 
 
-class ReadImportedFn(beam.DoFn):
+class ReadImportedFn(LeasingDoFn):
     """ImportContext -> (Roboflow id, ImportedImage) for everything already imported."""
 
     def __init__(self, supabase: SupabaseConfig, with_marks: bool):
@@ -101,12 +101,12 @@ class ReadImportedFn(beam.DoFn):
         self.with_marks = with_marks
 
     def setup(self) -> None:
-        self._holder = supabase_client(self.supabase)
+        self._client = self.lease(supabase_client(self.supabase))
 
     def process(self, ctx: ImportContext):
         with collecting() as tally:
             try:
-                images = list(iter_imported(self._holder.client, ctx.dataset_id, ctx.workspace, ctx.project,
+                images = list(iter_imported(self._client, ctx.dataset_id, ctx.workspace, ctx.project,
                                             with_marks=self.with_marks))
             finally:
                 _fold(tally)
@@ -126,7 +126,7 @@ def prune_actions(grouped: tuple[str, dict], mode: str):
             yield "unmark", image
 
 
-class PruneFn(beam.DoFn):
+class PruneFn(LeasingDoFn):
     """Batches of actions -> deletes or marks, once the listing is known to be complete."""
 
     def __init__(self, supabase: SupabaseConfig, dataset_id: str, mode: str, total: int):
@@ -136,7 +136,7 @@ class PruneFn(beam.DoFn):
         self.total = total
 
     def setup(self) -> None:
-        self._holder = supabase_client(self.supabase)
+        self._client = self.lease(supabase_client(self.supabase))
 
     def process(self, batch: list[tuple[str, ImportedImage]], listed: int, lost_pages: int):
         unmark = [image for action, image in batch if action == "unmark"]
@@ -162,7 +162,7 @@ class PruneFn(beam.DoFn):
                 _fold(tally)
 
     def _update_marks(self, images: list[ImportedImage], value: str | None) -> None:
-        self._holder.client.update_rows("od_dataset_images", {"source_missing_at": value},
+        self._client.update_rows("od_dataset_images", {"source_missing_at": value},
                                         dataset_id=self.dataset_id, image_id=[i.image_id for i in images])
 
     def _mark(self, stale: list[ImportedImage]) -> None:
@@ -172,7 +172,7 @@ class PruneFn(beam.DoFn):
         _inc("images_marked", len(stale))
 
     def _delete(self, stale: list[ImportedImage]) -> None:
-        client = self._holder.client
+        client = self._client
         ids = [image.image_id for image in stale]
         shared = {row["image_id"] for row in client.select("od_dataset_images", "image_id,dataset_id", image_id=ids)
                   if row["dataset_id"] != self.dataset_id}

@@ -48,10 +48,8 @@ class UploadImagesFn(BatchStepFn):
 
     def setup(self) -> None:
         super().setup()
-        self._rf_holder = roboflow_client(self.roboflow)
-        self._sb_holder = supabase_client(self.supabase)
-        self._roboflow = self._rf_holder.client
-        self._supabase = self._sb_holder.client
+        self._roboflow = self.lease(roboflow_client(self.roboflow))
+        self._supabase = self.lease(supabase_client(self.supabase))
 
     def store(self, item: tuple[ImageDetails, ExistingImage | None]) -> StoredImage | None:
         details, existing = item

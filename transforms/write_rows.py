@@ -31,8 +31,7 @@ class WriteRowsFn(BatchStepFn):
 
     def setup(self) -> None:
         super().setup()
-        self._holder = supabase_client(self.supabase)
-        self._client = self._holder.client
+        self._client = self.lease(supabase_client(self.supabase))
 
     def write(self, group: list[tuple[StoredImage, ImageRows]]) -> None:
         client = self._client

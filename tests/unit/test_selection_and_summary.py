@@ -179,7 +179,7 @@ def prune_fn(mode: str, total: int, client: RecordingClient):
     from transforms.prune import PruneFn
 
     fn = PruneFn(None, "d1", mode, total)
-    fn._holder = types.SimpleNamespace(client=client)
+    fn._client = client
     return fn
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import types
 
 import apache_beam as beam
 import pytest
@@ -14,6 +13,7 @@ from transforms.clients.resources import SupabaseConfig
 from transforms.core.records import Box
 from transforms.core.retry import PermanentError, TransientError
 from transforms.core.secrets import SecretRef
+from transforms.core.shared import Lease, ProcessShared
 
 
 class FakeTables:
@@ -45,7 +45,7 @@ class FakeTables:
 @pytest.fixture
 def write_fn(monkeypatch):
     def make(tables: FakeTables) -> write_rows.WriteRowsFn:
-        monkeypatch.setattr(write_rows, "supabase_client", lambda config: types.SimpleNamespace(client=tables))
+        monkeypatch.setattr(write_rows, "supabase_client", lambda config: Lease(ProcessShared(), "fake", tables))
         fn = write_rows.WriteRowsFn(SupabaseConfig("https://example.supabase.co", SecretRef(env_var="NONE")),
                                     make_ctx())
         fn.setup()

@@ -1,9 +1,10 @@
 """Picklable client settings, and one client of each kind per worker process.
 
 DoFns carry a :class:`RoboflowConfig` / :class:`SupabaseConfig` (no secrets, only where to read
-them) and call :func:`roboflow_client` / :func:`supabase_client` in ``setup()``. Every DoFn of a
-process gets the same client, so the Roboflow rate limiter and the HTTP pools are per process,
-as Roboflow's per-key limit needs.
+them), lease a client with :func:`roboflow_client` / :func:`supabase_client` in ``setup()`` and
+release it in ``teardown()``. Every DoFn of a process leases the same client, so the Roboflow rate
+limiter and the HTTP pools are per process, as Roboflow's per-key limit needs; the last release
+closes the client's connections (transforms/core/shared.py).
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import threading
-
-from apache_beam.utils.shared import Shared
 
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.ratelimit import AdaptiveRateLimiter
 from transforms.core.retry import RetryPolicy
 from transforms.core.secrets import SecretRef
+from transforms.core.shared import PROCESS_SHARED, Lease
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,18 +43,6 @@ class SupabaseConfig:
     retry: RetryPolicy = RetryPolicy(max_attempts=12, max_elapsed=180.0)
 
 
-class _Holder:
-    """Weak-referenceable box for ``Shared``."""
-
-    def __init__(self, client):
-        self.client = client
-
-
-# One Shared per kind: a Shared holds one object, and acquiring it with another tag replaces that object,
-# so a single Shared for both kinds would build a new Roboflow client (and rate limiter) for every DoFn.
-_shared_roboflow = Shared()
-_shared_supabase = Shared()
-_lock = threading.Lock()
 
 
 def _key_identity(ref: SecretRef) -> str:
@@ -67,26 +54,28 @@ def _key_identity(ref: SecretRef) -> str:
     return hashlib.sha256(os.environ.get(ref.env_var, "").encode("utf-8")).hexdigest()[:16]
 
 
-def roboflow_client(config: RoboflowConfig) -> _Holder:
-    """The process's Roboflow client for this config. Keep the returned holder alive while in use."""
+def _close(client: RoboflowClient | SupabaseClient) -> None:
+    client.close()
 
-    def make() -> _Holder:
-        return _Holder(RoboflowClient(
+
+def roboflow_client(config: RoboflowConfig) -> Lease[RoboflowClient]:
+    """A lease on the process's Roboflow client for this config; release it when done."""
+
+    def make() -> RoboflowClient:
+        return RoboflowClient(
             config.api_url, config.api_key.resolve(), limiter=AdaptiveRateLimiter(config.rate_limit),
             retry=config.retry, timeout=config.timeout, pool_size=config.pool_size,
-            max_in_flight=config.max_in_flight))
+            max_in_flight=config.max_in_flight)
 
-    with _lock:
-        return _shared_roboflow.acquire(make, tag=f"roboflow:{hash(config)}:{_key_identity(config.api_key)}")
+    return PROCESS_SHARED.lease(("roboflow", config, _key_identity(config.api_key)), make, close=_close)
 
 
-def supabase_client(config: SupabaseConfig) -> _Holder:
-    """The process's Supabase client for this config. Keep the returned holder alive while in use."""
+def supabase_client(config: SupabaseConfig) -> Lease[SupabaseClient]:
+    """A lease on the process's Supabase client for this config; release it when done."""
 
-    def make() -> _Holder:
-        return _Holder(SupabaseClient(
+    def make() -> SupabaseClient:
+        return SupabaseClient(
             config.url, config.service_key.resolve(), bucket=config.bucket, retry=config.retry,
-            timeout=config.timeout, max_connections=config.max_connections, max_in_flight=config.max_in_flight))
+            timeout=config.timeout, max_connections=config.max_connections, max_in_flight=config.max_in_flight)
 
-    with _lock:
-        return _shared_supabase.acquire(make, tag=f"supabase:{hash(config)}:{_key_identity(config.service_key)}")
+    return PROCESS_SHARED.lease(("supabase", config, _key_identity(config.service_key)), make, close=_close)
