@@ -35,7 +35,7 @@ from pipeline.options import ImportOptions, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, write_summary
 from transforms.batch_images import BatchImages
-from transforms.batch_step import DEAD_LETTER, NAMESPACE, note_listed, set_progress_sink
+from transforms.batch_step import DEAD_LETTER, NAMESPACE, set_progress_sink
 from transforms.core.records import ImportContext
 from transforms.core.redact import install_log_redaction, redact
 from transforms.dead_letters import WriteDeadLetters, dead_letter_files, read_dead_letters, remove_dead_letters
@@ -64,8 +64,7 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
     else:  # --retry_dead_letters: exactly the images an earlier run could not import
         listed = {"ok": p | "DeadLetterIds" >> beam.Create(retry_ids) | "CountListed" >> beam.Map(count_listed),
                   DEAD_LETTER: p | "NoListing" >> beam.Create([])}
-    batches = (listed["ok"] | "NoteListed" >> beam.Map(note_listed)
-               | "BatchImages" >> BatchImages(opts.batch_size, shards))
+    batches = listed["ok"] | "BatchImages" >> BatchImages(opts.batch_size, shards)
     details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency)
     stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
                                                             opts.concurrency)

@@ -34,10 +34,10 @@ from pipeline.testing.roboflow_emulator import FaultConfig
 from tests import gcs_standin
 from tests.importer import importer_args
 from tests.test_secrets import assert_no_secret
-from transforms.batch_step import NAMESPACE, BatchStepFn
+from transforms.batch_step import NAMESPACE, BatchStepFn, counted
 from transforms.core.records import ImportContext
 from transforms.core.secrets import SecretRef
-from transforms.core.tally import Tally
+from transforms.core.tally import count
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "dfdfdfdf-0000-4000-8000-000000000006"
@@ -299,9 +299,8 @@ def test_throttled_waits_add_up_in_beams_throttling_counter():
 
         def process(self, n):
             for _ in range(n):
-                tally = Tally()
-                tally.counts["roboflow.throttled_seconds"] = 0.2
-                self.fold(tally)
+                with counted(self._throttling):  # as a client counts a 0.2 s wait in one call
+                    count("roboflow.throttled_seconds", 0.2)
             yield n
 
     options = PipelineOptions(["--runner=FnApiRunner"])

@@ -8,9 +8,10 @@ tagged output per failed image. A failure of one image never takes its batch-mat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.core.records import DeadLetter
 from transforms.core.shared import PROCESS_SHARED, Lease
-from transforms.core.tally import Tally, collecting
+from transforms.core.tally import Tally, collecting, count, set_publisher
 
 DEAD_LETTER = "dead_letter"
 NAMESPACE = "roboflow_import"
@@ -42,20 +43,17 @@ def set_progress_sink(sink: Callable[[str, int], None] | None) -> None:
     _progress_sink = sink
 
 
-def count(name: str, n: int = 1) -> None:
-    """Increment a Beam counter of the importer, and tell the progress tracker if there is one."""
+def _publish(name: str, n: float) -> None:
+    """A count made on a DoFn thread: a Beam counter of the importer, and the progress tracker if there is one."""
+    if not int(n):
+        return
     Metrics.counter(NAMESPACE, name).inc(int(n))
     sink = _progress_sink
     if sink is not None:
         sink(name, int(n))
 
 
-def note_listed(image_id: str) -> str:
-    """Tell the progress tracker about one distinct listed id (the Beam counter is ``count_listed``'s)."""
-    sink = _progress_sink
-    if sink is not None:
-        sink("images_listed", 1)
-    return image_id
+set_publisher(_publish)
 
 
 # The pools serve tasks first in, first out. Were the batches of several DoFn threads interleaved in
@@ -105,14 +103,23 @@ class ThrottlingReport:
             self._carry -= whole
 
 
-def fold_tally(tally: Tally, throttling: ThrottlingReport) -> None:
+def fold_tally(tally: Tally, throttling: ThrottlingReport | None) -> None:
     """Turn a task's tally into Beam counters (from the DoFn thread, where counters work)."""
     for name, n in tally.counts.items():
-        if name == "roboflow.throttled_seconds":
+        if name == "roboflow.throttled_seconds" and throttling is not None:
             throttling.add(n)
             name, n = "throttled_ms", n * 1000
-        if int(n):
-            count(name, int(n))
+        _publish(name, n)
+
+
+@contextlib.contextmanager
+def counted(throttling: ThrottlingReport | None = None) -> Iterator[None]:
+    """Run a block that calls clients on this DoFn thread; what they counted becomes Beam counters."""
+    with collecting() as tally:
+        try:
+            yield
+        finally:
+            fold_tally(tally, throttling)
 
 
 class BatchStepFn(LeasingDoFn):
@@ -127,20 +134,10 @@ class BatchStepFn(LeasingDoFn):
         self._pool = self.lease(step_pool(self.step, self.concurrency))
         self._throttling = ThrottlingReport()
 
-    def counter(self, name: str, n: int = 1) -> None:
-        if n:
-            count(name, n)
-
-    def fold(self, tally: Tally) -> None:
-        fold_tally(tally, self._throttling)
-
     def collect(self, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn`` on this thread, folding what its clients counted (retries) into counters."""
-        with collecting() as tally:
-            try:
-                return fn(*args)
-            finally:
-                self.fold(tally)
+        with counted(self._throttling):
+            return fn(*args)
 
     def run_each(self, items: Iterable[T], task: Callable[[T], R]) -> list[tuple[T, R | None, Exception | None]]:
         """Run ``task`` on every item concurrently; return (item, result, error) in input order."""
@@ -158,14 +155,14 @@ class BatchStepFn(LeasingDoFn):
         out = []
         for item, future in zip(items, futures, strict=True):
             result, error, tally = future.result()
-            self.fold(tally)
+            fold_tally(tally, self._throttling)
             out.append((item, result, error))
         return out
 
     def dead_letter(self, image_id: str, error: Exception | str) -> beam.pvalue.TaggedOutput:
         letter = DeadLetter.of(image_id, self.step, error)
-        self.counter(f"dead_letter.{self.step}.{letter.error_type}")
-        self.counter("images_failed")
+        count(f"dead_letter.{self.step}.{letter.error_type}")
+        count("images_failed")
         log.warning("dead letter: image %s at %s: %s: %s", image_id, self.step, letter.error_type, letter.message)
         return beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
 

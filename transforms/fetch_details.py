@@ -16,6 +16,7 @@ from transforms.batch_step import BatchStepFn, run_batch_step
 from transforms.clients.resources import RoboflowConfig, roboflow_client
 from transforms.core.convert import check_classes, parse_details
 from transforms.core.records import ImageDetails, ImportContext
+from transforms.core.tally import count
 
 
 class FetchDetailsFn(BatchStepFn):
@@ -43,7 +44,7 @@ class FetchDetailsFn(BatchStepFn):
                 yield self.dead_letter(image_id, error)
             else:
                 fetched.append(details)
-        self.counter("details_fetched", len(fetched))
+        count("details_fetched", len(fetched))
         if fetched:
             yield fetched
 

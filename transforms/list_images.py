@@ -32,14 +32,13 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import DoFn, RestrictionProvider
 
-from transforms.batch_step import DEAD_LETTER, NAMESPACE, LeasingDoFn, ThrottlingReport, fold_tally
+from transforms.batch_step import DEAD_LETTER, LeasingDoFn, ThrottlingReport, counted
 from transforms.clients.resources import RoboflowConfig, roboflow_client
 from transforms.clients.roboflow import RoboflowClient, SearchPage
 from transforms.core.records import DeadLetter
-from transforms.core.tally import collecting
+from transforms.core.tally import count
 
 PAGE_SIZE = 250
 LOST_PAGE = "lost_page"  # auto listing: an offset page that failed; the completing walk covers it
@@ -171,7 +170,7 @@ class ListImageIdsFn(LeasingDoFn, RestrictionProvider):
         result = _fetch_counted(self._client, spec, self._throttling, page=page)
         if isinstance(result, Exception):
             if spec.mode == "auto":  # the completing walk will read what this page held
-                Metrics.counter(NAMESPACE, "list_offset_pages_lost").inc()
+                count("list_offset_pages_lost")
                 yield beam.pvalue.TaggedOutput(LOST_PAGE, page)
             else:
                 yield _lost_page(f"offset:{page * spec.page_size}", result)
@@ -182,15 +181,14 @@ class ListImageIdsFn(LeasingDoFn, RestrictionProvider):
 def _fetch_counted(client: RoboflowClient, spec: ListingSpec, throttling: ThrottlingReport, *, page: int = 0,
                    token: str | None = None) -> SearchPage | Exception:
     """One page with its retries, waits and page counters in Beam metrics; the error instead of raising it."""
-    with collecting() as tally:
+    with counted(throttling):
         try:
             result = fetch_page(client, spec, page=page, token=token)
         except Exception as exc:
             result = exc
-    fold_tally(tally, throttling)
     if not isinstance(result, Exception):
-        Metrics.counter(NAMESPACE, "list_pages").inc()
-        Metrics.counter(NAMESPACE, "list_ids_raw").inc(len(result.ids))
+        count("list_pages")
+        count("list_ids_raw", len(result.ids))
     return result
 
 
@@ -222,7 +220,7 @@ class CompleteListingFn(LeasingDoFn):
     def process(self, spec: ListingSpec, distinct_ids: int, lost_pages: int):
         if not needs_token_walk(spec, distinct_ids, lost_pages):
             return
-        Metrics.counter(NAMESPACE, "list_completing_walks").inc()
+        count("list_completing_walks")
         yield from walk_tokens(self._client, spec, self._throttling)
 
 
@@ -232,7 +230,7 @@ def needs_token_walk(spec: ListingSpec, distinct_ids: int, lost_pages: int) -> b
 
 
 def _lost_page(where: str, error: Exception) -> beam.pvalue.TaggedOutput:
-    Metrics.counter(NAMESPACE, "list_pages_failed").inc()
+    count("list_pages_failed")
     return beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.of(f"page:{where}", "list", error))
 
 
@@ -266,5 +264,5 @@ class ListImages(beam.PTransform):
 
 
 def count_listed(image_id: str) -> str:
-    Metrics.counter(NAMESPACE, "images_listed").inc()
+    count("images_listed")
     return image_id

@@ -24,14 +24,13 @@ import logging
 from collections.abc import Iterator
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from transforms.batch_step import NAMESPACE, LeasingDoFn
+from transforms.batch_step import LeasingDoFn, counted
 from transforms.clients.resources import SupabaseConfig, supabase_client
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.convert import project_folder
 from transforms.core.records import ImportContext
-from transforms.core.tally import collecting
+from transforms.core.tally import count
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +82,6 @@ def iter_imported(client: SupabaseClient, dataset_id: str, workspace: str, proje
         after = rows[-1]["image_id"]
 
 
-def _inc(name: str, n: int = 1) -> None:
-    if n:
-        Metrics.counter(NAMESPACE, name).inc(int(n))
-
-
-def _fold(tally) -> None:
-    for name, n in tally.counts.items():
-        _inc(name, int(n))
-
-
 class ReadImportedFn(LeasingDoFn):
     """ImportContext -> (Roboflow id, ImportedImage) for everything already imported."""
 
@@ -104,13 +93,10 @@ class ReadImportedFn(LeasingDoFn):
         self._client = self.lease(supabase_client(self.supabase))
 
     def process(self, ctx: ImportContext):
-        with collecting() as tally:
-            try:
-                images = list(iter_imported(self._client, ctx.dataset_id, ctx.workspace, ctx.project,
-                                            with_marks=self.with_marks))
-            finally:
-                _fold(tally)
-        _inc("prune_imported_read", len(images))
+        with counted():
+            images = list(iter_imported(self._client, ctx.dataset_id, ctx.workspace, ctx.project,
+                                        with_marks=self.with_marks))
+        count("prune_imported_read", len(images))
         for image in images:
             yield image.roboflow_id, image
 
@@ -141,35 +127,33 @@ class PruneFn(LeasingDoFn):
     def process(self, batch: list[tuple[str, ImportedImage]], listed: int, lost_pages: int):
         unmark = [image for action, image in batch if action == "unmark"]
         stale = [image for action, image in batch if action == "prune"]
-        with collecting() as tally:
+        with counted():
             try:
                 if unmark:
                     self._update_marks(unmark, None)
-                    _inc("images_unmarked", len(unmark))
+                    count("images_unmarked", len(unmark))
                 if not stale:
                     return
                 if lost_pages or listed < self.total or not listed:  # an empty listing never prunes everything
-                    _inc("prune_skipped", len(stale))
+                    count("prune_skipped", len(stale))
                     return
                 if self.mode == "mark":
                     self._mark(stale)
                 else:
                     self._delete(stale)
             except Exception as exc:  # the import itself is done: count, log, and let the summary say so
-                _inc("prune_failed", len(stale))
+                count("prune_failed", len(stale))
                 log.warning("prune of %d images failed: %s", len(stale), exc)
-            finally:
-                _fold(tally)
 
     def _update_marks(self, images: list[ImportedImage], value: str | None) -> None:
         self._client.update_rows("od_dataset_images", {"source_missing_at": value},
-                                        dataset_id=self.dataset_id, image_id=[i.image_id for i in images])
+                                 dataset_id=self.dataset_id, image_id=[i.image_id for i in images])
 
     def _mark(self, stale: list[ImportedImage]) -> None:
         fresh = [image for image in stale if not image.missing_since]  # keep when it first went missing
         if fresh:
             self._update_marks(fresh, datetime.datetime.now(datetime.UTC).isoformat())
-        _inc("images_marked", len(stale))
+        count("images_marked", len(stale))
 
     def _delete(self, stale: list[ImportedImage]) -> None:
         client = self._client
@@ -183,9 +167,9 @@ class PruneFn(LeasingDoFn):
         if own:
             client.delete_rows("od_images", id=[image.image_id for image in own])
         client.delete_rows("od_dataset_images", dataset_id=self.dataset_id, image_id=ids)
-        _inc("images_pruned", len(stale))
-        _inc("objects_removed", len(paths))
-        _inc("bytes_removed", sum(image.size_bytes or 0 for image in own))
+        count("images_pruned", len(stale))
+        count("objects_removed", len(paths))
+        count("bytes_removed", sum(image.size_bytes or 0 for image in own))
 
 
 class PruneImages(beam.PTransform):

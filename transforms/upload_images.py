@@ -88,8 +88,8 @@ class UploadImagesFn(BatchStepFn):
             if error is not None:
                 yield self.dead_letter(details.image_id, error)
             elif result is None:
-                self.counter("images_unchanged")
-                self.counter(f"split.{details.split or 'none'}")
+                count("images_unchanged")
+                count(f"split.{details.split or 'none'}")
             else:
                 stored.append(result)
         if stored:

@@ -19,6 +19,7 @@ from transforms.clients.resources import SupabaseConfig, supabase_client
 from transforms.core.convert import ImageRows, build_rows
 from transforms.core.records import ImportContext, StoredImage
 from transforms.core.retry import PermanentError
+from transforms.core.tally import count
 
 
 class WriteRowsFn(BatchStepFn):
@@ -68,15 +69,15 @@ class WriteRowsFn(BatchStepFn):
             if image_id in failures:
                 yield self.dead_letter(image_id, failures[image_id])
                 continue
-            self.counter("images_written")
-            self.counter("images_changed" if stored.previously_imported else "images_new")
-            self.counter(f"split.{stored.details.split or 'none'}")
-            self.counter("annotations_written", len(rows.annotations))
+            count("images_written")
+            count("images_changed" if stored.previously_imported else "images_new")
+            count(f"split.{stored.details.split or 'none'}")
+            count("annotations_written", len(rows.annotations))
             for reason, n in rows.dropped_annotations.items():
-                self.counter(f"annotations_dropped.{reason}", n)
+                count(f"annotations_dropped.{reason}", n)
             if stored.uploaded:
-                self.counter("images_uploaded")
-                self.counter("bytes_uploaded", stored.size_bytes)
+                count("images_uploaded")
+                count("bytes_uploaded", stored.size_bytes)
             yield image_id
 
 

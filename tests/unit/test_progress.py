@@ -19,6 +19,8 @@ from pipeline.progress import (
 )
 from tests.unit.fake_time import FakeTime
 from transforms import batch_step
+from transforms.core.tally import collecting, count
+from transforms.list_images import count_listed
 
 
 def tracker_at(reported=1000, **kwargs):
@@ -165,17 +167,21 @@ def test_final_progress_comes_from_the_summary():
 
 def test_step_counters_reach_the_installed_tracker_only():
     clock, tracker = tracker_at(reported=10)
-    batch_step.count("images_written")  # no sink installed: nothing to tell
+    count("images_written")  # no sink installed: nothing to tell
     batch_step.set_progress_sink(tracker.add)
     try:
-        batch_step.count("images_written", 2)
-        batch_step.count("images_failed")
-        assert batch_step.note_listed("abc") == "abc"
+        count("images_written", 2)
+        count("images_failed")
+        assert count_listed("abc") == "abc"
+        with collecting() as tally:  # a task's counts wait in its tally until the DoFn thread folds them
+            count("images_written", 5)
+        assert tracker.snapshot().done == 3
+        batch_step.fold_tally(tally, None)
     finally:
         batch_step.set_progress_sink(None)
-    batch_step.count("images_written")
+    count("images_written")
     p = tracker.snapshot()
-    assert (p.done, p.failed, p.listing, p.total) == (3, 1, False, 3)
+    assert (p.done, p.failed, p.listing, p.total) == (8, 1, False, 8)
 
 
 # ---- ProgressReporter ------------------------------------------------------------------------------
