@@ -19,6 +19,7 @@ from apache_beam.io.components.adaptive_throttler import ThrottlingSignaler
 from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
+from transforms.clients.roboflow import RoboflowStopped
 from transforms.core.records import DeadLetter
 from transforms.core.tally import Tally, collecting
 
@@ -173,7 +174,8 @@ class BatchStepFn(beam.DoFn):
         letter = DeadLetter.of(image_id, self.step, error)
         self.counter(f"dead_letter.{self.step}.{letter.error_type}")
         self.counter("images_failed")
-        log.warning("dead letter: image %s at %s: %s: %s", image_id, self.step, letter.error_type, letter.message)
+        if not isinstance(error, RoboflowStopped):  # a stop gets one line for the run (pipeline/summary.py)
+            log.warning("dead letter: image %s at %s: %s: %s", image_id, self.step, letter.error_type, letter.message)
         return beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
 
 
