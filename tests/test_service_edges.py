@@ -95,6 +95,27 @@ def test_lookups_and_deletes_of_long_id_lists_stay_under_the_limit(stack, client
     assert stack.sql("select count(*) as n from od_images")[0]["n"] == 300
 
 
+def test_stale_annotations_of_an_image_with_many_boxes_are_found_without_a_long_not_in(stack, client):
+    image, cls = str(uuid.uuid4()), str(uuid.uuid4())
+    stack.execute_sql(f"""
+        insert into od_classes (id, name, dataset_id) values ('{cls}', 'box', '{DATASET}');
+        insert into od_images (id, filename, image_url, width, height, source, source_ref)
+            values ('{image}', 'a.jpg', 'u', 10, 10, 'import', 'many-boxes');
+        insert into od_annotations (dataset_id, image_id, class_id, bbox_x, bbox_y, bbox_width, bbox_height,
+                                    source_key)
+            select '{DATASET}', '{image}', '{cls}', 0.1, 0.1, 0.1, 0.1, lpad(to_hex(g), 20, '0') || '#0'
+            from generate_series(1, 450) g;""")
+    keep = [f"{n:020x}#0" for n in range(1, 401)]
+    lines: list[int] = []
+    client._http.event_hooks["request"].append(longest_request_line(lines))
+
+    client.delete_stale_annotations(DATASET, image, keep)
+
+    assert max(lines) <= 8192
+    left = {r["source_key"] for r in stack.sql("select source_key from od_annotations")}
+    assert left == set(keep)
+
+
 # --- 2: private buckets ---------------------------------------------------------------------------
 
 

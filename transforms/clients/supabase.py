@@ -73,6 +73,7 @@ def transport_error(exc: httpx.HTTPError, what: str) -> TransientError:
 # (``large_client_header_buffers 4 8k``), hosted Supabase around 16 KB (Cloudflare's URL limit; users
 # report 414 near 400 UUIDs). 6,000 bytes leaves room for the path and the other filters under 8 KB.
 MAX_LIST_BYTES = 6000
+MAX_REMOVE_PREFIXES = 1000  # Storage's DELETE /object/{bucket} body limit (prefixes: maxItems 1000)
 
 
 def _encoded_len(value: Any) -> int:
@@ -358,7 +359,12 @@ class SupabaseClient:
             self._with_retries(lambda chunk=chunk: run(chunk), f"update {table}")
 
     def remove_objects(self, paths: list[str]) -> None:
-        """Delete objects of the bucket; paths already gone are fine (a re-run after a crash)."""
-        if paths:
-            self._with_retries(lambda: self.storage.from_(self.bucket).remove(list(paths)),
-                               f"remove {len(paths)} objects", storage=True)
+        """Delete objects of the bucket; paths already gone are fine (a re-run after a crash).
+
+        The paths travel in the body, which Storage caps at 1,000 prefixes per request.
+        """
+        paths = list(paths)
+        for start in range(0, len(paths), MAX_REMOVE_PREFIXES):
+            chunk = paths[start:start + MAX_REMOVE_PREFIXES]
+            self._with_retries(lambda chunk=chunk: self.storage.from_(self.bucket).remove(chunk),
+                               f"remove {len(chunk)} objects", storage=True)
