@@ -21,6 +21,7 @@ from pipeline import main as importer
 from pipeline.testing.roboflow_emulator import FaultConfig
 from pipeline.testing.supabase_stack import StackFaults
 from tests.importer import importer_args, run_import, start_import
+from transforms.clients.roboflow import RoboflowClient, RoboflowStopped, clear_account_stops
 from transforms.clients.supabase import SupabaseClient, storage_error
 from transforms.core.convert import source_ref
 from transforms.core.retry import RetryPolicy, TransientError
@@ -175,6 +176,26 @@ def _listed_ids(emu) -> list[str]:
         page = http.post(f"{emu.api_url}/{emu.config.workspace}/{emu.config.project}/search",
                          json=body, headers={"Authorization": f"Bearer {emu.config.api_key}"}).json()
     return [r["id"] for r in page["results"]]
+
+
+def test_a_stopped_client_makes_no_more_calls_until_the_next_run(roboflow_emulator):
+    emu = roboflow_emulator(image_count=3, seed=15, faults=FaultConfig(
+        account_refusal_status=423, account_refusal_routes=("image_details",)))
+    [first, second, *_] = _listed_ids(emu)
+    client = RoboflowClient(emu.api_url, emu.config.api_key, retry=FAST_RETRY)
+    try:
+        with pytest.raises(RoboflowStopped) as met:
+            client.image_details(emu.config.workspace, emu.config.project, first)
+        with pytest.raises(RoboflowStopped) as skipped:
+            client.image_details(emu.config.workspace, emu.config.project, second)
+        assert (met.value.kind, skipped.value.kind) == ("usage_paused", "not_attempted")
+        assert emu.counters().get("image_details", 0) == 1  # the second call sent nothing
+
+        emu.set_faults(FaultConfig())  # usage resumed; the next run (same process, same cached client) works
+        clear_account_stops()
+        assert client.image_details(emu.config.workspace, emu.config.project, second)["image"]["id"] == second
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("status", [423, 402])
