@@ -14,7 +14,8 @@ The data path, top to bottom (see :func:`build_pipeline`):
    and every step's failures, per image, into one dead-letter PCollection -> JSON Lines.
 
 Exit codes: 0 every listed image is in Supabase; 3 finished, some images are in the dead letters
-(or the listing came up short); 2 bad input, found before anything was written; 1 anything else.
+(or the listing came up short); 2 bad input, found before anything was written; 1 anything else,
+including a run Roboflow stopped (402/423/403 during the import: one line says why and the fix).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from pipeline import launch, plan, preflight
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
-from pipeline.summary import build_summary, counters_of, render, write_summary
+from pipeline.summary import build_summary, counters_of, render, stop_line, write_summary
 from transforms.batch_images import BatchImages
 from transforms.batch_step import DEAD_LETTER, NAMESPACE, set_progress_sink
+from transforms.clients.roboflow import clear_account_stops
 from transforms.core.records import ImportContext
 from transforms.core.redact import install_log_redaction, redact
 from transforms.dead_letters import WriteDeadLetters, dead_letter_files, read_dead_letters, remove_dead_letters
@@ -148,7 +150,8 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
         checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
     class_ids = preflight.prepare_target(checked)
     context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
-                            checked.supabase.bucket, class_ids, checked.max_object_bytes)
+                            checked.supabase.bucket, class_ids, checked.max_object_bytes,
+                            bucket_public=checked.supabase.bucket_public)
     shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
     log.info("importing %s/%s (%d images reported) into dataset %s with %s",
@@ -165,6 +168,7 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     reporter = ProgressReporter(tracker, stream=None if opts.quiet else sys.stderr, interval=opts.progress_interval,
                                 callback=progress_callback, live=live)
     set_progress_sink(tracker.add if live else None)
+    clear_account_stops()
     try:
         with reporter:
             result = pipeline.run()
@@ -177,6 +181,8 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
             reporter.finish(final_progress(summary, tracker))
     finally:
         set_progress_sink(None)
+    if summary["stopped"]:  # Roboflow refused the account mid-run: not finished, whatever got in
+        return Outcome(EXIT_FATAL, summary, opts.summary_path)
     return Outcome(EXIT_OK if summary["complete"] else EXIT_INCOMPLETE, summary, opts.summary_path)
 
 
@@ -205,6 +211,9 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     print(render(outcome.summary))
     print(f"summary: {outcome.summary_path}")
+    line = stop_line(outcome.summary)
+    if line:
+        print(f"error: {redact(line)}", file=sys.stderr)
     return outcome.code
 
 

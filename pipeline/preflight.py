@@ -26,7 +26,7 @@ from pipeline.class_mapping import AUTO, MappingEntry, ResolvedMapping, load_cla
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
-from transforms.clients.roboflow import RoboflowClient, RoboflowError
+from transforms.clients.roboflow import RoboflowClient, RoboflowError, RoboflowStopped
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.ratelimit import AdaptiveRateLimiter
 from transforms.core.redact import redact
@@ -266,6 +266,8 @@ def _key_source(secret_version: str | None, env_var: str) -> str:
 
 def _roboflow_failure(exc: Exception, what: str, fix: str, api_url: str, key_source: str) -> InputError:
     status = getattr(exc, "status", None)
+    if isinstance(exc, RoboflowStopped) and status in (402, 423):
+        return InputError(f"Roboflow refused {what} ({status} {exc.kind}); {exc.fix}")
     if isinstance(exc, RoboflowError) and status == 401:
         return InputError(f"Roboflow rejected the API key in {key_source} (401); set it to your workspace's "
                           "private API key (Roboflow: Settings > API Keys)")
@@ -540,6 +542,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
                         max_connections=4)
     try:
         bucket_exists, limit = check_supabase(opts, sb, supabase_url, sb_key, resolved)
+        bucket_public = bool(bucket_exists and sb.bucket_public)  # --create_bucket creates it private
     except httpx.HTTPError as exc:
         raise _supabase_failure(TransientError("connection", str(exc)), supabase_url, "check",
                                 _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)) from None
@@ -549,7 +552,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     per_worker_rate = opts.roboflow_rate_limit / max(1, workers) if opts.roboflow_rate_limit else None
     roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate,
                               pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
-    supabase = SupabaseConfig(supabase_url, sb_ref, bucket=opts.storage_bucket,
+    supabase = SupabaseConfig(supabase_url, sb_ref, bucket=opts.storage_bucket, bucket_public=bucket_public,
                               max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
     return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,
                    roboflow, supabase, listing_spec(opts, selection, total), info, version_splits, resolved,

@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.batch_step import NAMESPACE
+from transforms.clients.roboflow import ACCOUNT_REFUSALS
 from transforms.core.redact import redact
 from transforms.dead_letters import read_dead_letter_files
 
@@ -63,6 +64,25 @@ def prune_outcome(counters: dict[str, int], mode: str | None) -> dict[str, Any] 
     return outcome
 
 
+def stop_outcome(counters: dict[str, int], not_imported: int) -> dict[str, Any] | None:
+    """Why Roboflow stopped the run (402/423/403 during it), or None when it did not."""
+    statuses = sorted(int(s) for s in _group(counters, "roboflow_stopped."))
+    if not statuses:
+        return None
+    kind, fix = ACCOUNT_REFUSALS[statuses[0]]
+    return {"status": statuses[0], "reason": kind, "fix": fix, "not_imported": not_imported}
+
+
+def stop_line(summary: dict) -> str | None:
+    """The one line a stopped run prints on stderr."""
+    stopped = summary.get("stopped")
+    if not stopped:
+        return None
+    return (f"Roboflow answered {stopped['status']} ({stopped['reason']}) during the import, so it stopped: "
+            f"{stopped['not_imported']:,} images not imported (in the dead letters, most as not_attempted); "
+            f"{stopped['fix']}, then run the same command again")
+
+
 def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_letter_files: list[str]) -> dict:
     listed = counters.get("images_listed", 0)
     written = counters.get("images_written", 0)
@@ -106,7 +126,8 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
     }
     if checked.version_splits is not None:
         summary["version_splits"] = checked.version_splits
-    summary["complete"] = (failed == 0 and summary["missing_from_listing"] == 0
+    summary["stopped"] = stop_outcome(counters, max(0, reported - written - unchanged))
+    summary["complete"] = (summary["stopped"] is None and failed == 0 and summary["missing_from_listing"] == 0
                            and summary["listing_pages_failed"] == 0 and summary["unaccounted"] == 0
                            and not (prune and prune["failed"]))
     return summary
@@ -131,6 +152,9 @@ def render(summary: dict) -> str:
     filters = " ".join(f"--{k} {v!r}" for k, v in summary.get("filters", {}).items()) or "none (whole project)"
     missing = summary["missing_from_listing"]
     dropped = ", ".join(f"{k} {v:,}" for k, v in summary["annotations_dropped"].items())
+    stopped = summary.get("stopped")
+    if stopped:
+        ok = f"STOPPED (Roboflow {stopped['status']} {stopped['reason']})"
     lines = [
         f"Roboflow {rf['workspace']}/{rf['project']} -> dataset {summary['dataset_id']}: {ok}",
         f"  {'filters':<22}{filters}",

@@ -94,7 +94,7 @@ def test_reupload_without_upsert_is_a_409_duplicate_with_string_status(supabase_
     assert wire.status_code == 400
     assert wire.json() == {
         "statusCode": "409",
-        "code": "ResourceAlreadyExists",
+        "code": "KeyAlreadyExists",
         "error": "Duplicate",
         "message": "The resource already exists",
     }
@@ -265,8 +265,11 @@ def test_default_client_options_work_and_warn(clean_supabase):
     assert clean_supabase.read_object(BUCKET, "default.jpg") == JPEG
 
 
-def test_concurrent_uploads_of_one_path_store_it_once(supabase_client, clean_supabase):
+def test_concurrent_uploads_of_one_path_both_succeed_like_the_real_server(supabase_client, clean_supabase):
+    """Storage checks "must not exist" before storing and upserts the row after: two racing uploads without
+    x-upsert both answer 200 and the last one wins. The object's lock is held so both pass the check first."""
     bucket = supabase_client.storage.from_(BUCKET)
+    lock = clean_supabase.storage._lock_for(BUCKET, "race.jpg")
 
     def attempt(n: int) -> str:
         try:
@@ -275,10 +278,22 @@ def test_concurrent_uploads_of_one_path_store_it_once(supabase_client, clean_sup
         except StorageApiError as error:
             return str(error.status)
 
-    with ThreadPoolExecutor(8) as pool:
-        outcomes = sorted(pool.map(attempt, range(8)))
-    assert outcomes == ["200"] + ["409"] * 7
+    with lock, ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(attempt, n) for n in range(2)]
+        deadline = time.monotonic() + 10
+        while clean_supabase._gateway._in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # both are past the existence check, waiting for the lock
+        lock.release()
+        try:
+            outcomes = sorted(f.result() for f in futures)
+        finally:
+            lock.acquire()
+    assert outcomes == ["200", "200"]
     assert clean_supabase.read_object(BUCKET, "race.jpg")[:-1] == JPEG
+    with pytest.raises(StorageApiError) as caught:  # once stored, a third upload without upsert is refused
+        bucket.upload("race.jpg", JPEG, {"content-type": "image/jpeg"})
+    assert caught.value.status == "409"
 
 
 def test_file_paths_and_chunked_bodies_are_accepted(supabase_client, clean_supabase, tmp_path):

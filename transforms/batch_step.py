@@ -19,6 +19,7 @@ import apache_beam as beam
 from apache_beam.io.components.adaptive_throttler import ThrottlingSignaler
 from apache_beam.metrics import Metrics
 
+from transforms.clients.roboflow import RoboflowStopped
 from transforms.core.records import DeadLetter
 from transforms.core.shared import PROCESS_SHARED, Lease
 from transforms.core.tally import Tally, collecting, count, set_publisher
@@ -163,7 +164,8 @@ class BatchStepFn(LeasingDoFn):
         letter = DeadLetter.of(image_id, self.step, error)
         count(f"dead_letter.{self.step}.{letter.error_type}")
         count("images_failed")
-        log.warning("dead letter: image %s at %s: %s: %s", image_id, self.step, letter.error_type, letter.message)
+        if not isinstance(error, RoboflowStopped):  # a stop gets one line for the run (pipeline/summary.py)
+            log.warning("dead letter: image %s at %s: %s: %s", image_id, self.step, letter.error_type, letter.message)
         return beam.pvalue.TaggedOutput(DEAD_LETTER, letter)
 
 

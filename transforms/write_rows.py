@@ -61,7 +61,7 @@ class WriteRowsFn(BatchStepFn):
 
     def process(self, batch: list[StoredImage]):
         ctx = self.context
-        group = [(stored, build_rows(stored, ctx, self._client.public_url(stored.storage_path)))
+        group = [(stored, build_rows(stored, ctx, self._client.object_url(stored.storage_path)))
                  for stored in batch]
         failures = self.collect(self.write_isolating, group)
         for stored, rows in group:

@@ -26,7 +26,7 @@ class FakeTables:
         self.rows: dict[str, dict[str, dict]] = {}
         self.requests = 0
 
-    def public_url(self, path: str) -> str:
+    def object_url(self, path: str) -> str:
         return f"https://example.supabase.co/storage/v1/object/public/od-images/{path}"
 
     def upsert(self, table, rows, *, on_conflict, ignore_duplicates=False):

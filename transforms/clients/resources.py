@@ -37,6 +37,7 @@ class SupabaseConfig:
     url: str
     service_key: SecretRef
     bucket: str = "od-images"
+    bucket_public: bool = False  # which object URL od_images.image_url gets (SupabaseClient.object_url)
     timeout: float = 60.0
     max_connections: int = 32
     max_in_flight: int | None = None
@@ -75,7 +76,8 @@ def supabase_client(config: SupabaseConfig) -> Lease[SupabaseClient]:
 
     def make() -> SupabaseClient:
         return SupabaseClient(
-            config.url, config.service_key.resolve(), bucket=config.bucket, retry=config.retry,
-            timeout=config.timeout, max_connections=config.max_connections, max_in_flight=config.max_in_flight)
+            config.url, config.service_key.resolve(), bucket=config.bucket, bucket_public=config.bucket_public,
+            retry=config.retry, timeout=config.timeout, max_connections=config.max_connections,
+            max_in_flight=config.max_in_flight)
 
     return PROCESS_SHARED.lease(("supabase", config, _key_identity(config.service_key)), make, close=_close)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -32,10 +33,42 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504, 520, 522, 524}
 MAX_PAGE = 250
+# Answers about the account, not the image: no retry, and no later call can succeed either, so the first
+# one stops the run (roboflow-api.md §3: 402 not enough credits, 423 usage paused, 403 not authorised).
+ACCOUNT_REFUSALS = {
+    402: ("payment_required", "the workspace is out of credits; add credits or upgrade the plan in Roboflow"),
+    423: ("usage_paused", "the workspace's API usage is paused; resume it in Roboflow (or ask its owner)"),
+    403: ("forbidden", "the key lost access to this project; use the private API key of the workspace "
+                       "that owns it"),
+}
 
 
 class RoboflowError(PermanentError):
     """A Roboflow answer retrying will not change (bad key, unknown project, missing image)."""
+
+
+class RoboflowStopped(RoboflowError):
+    """Roboflow refused the account (402, 423, 403): this run can make no more API calls.
+
+    The call that met the refusal raises it with the status's kind; every later call of the client
+    raises it with kind ``not_attempted`` without a request, so the remaining images are dead-lettered
+    at once, each with the reason, instead of each spending a call on the same answer.
+    """
+
+    def __init__(self, kind: str, message: str, *, status: int, fix: str):
+        super().__init__(kind, message, status=status)
+        self.fix = fix
+
+
+# Every live client, so a new run in this process starts unstopped (the workers' clients are cached across
+# imports of one process, pipeline/api.py).
+_clients: weakref.WeakSet = weakref.WeakSet()
+
+
+def clear_account_stops() -> None:
+    """Forget earlier runs' account refusals: the user may have added credits or resumed usage since."""
+    for client in list(_clients):
+        client.stopped = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +132,10 @@ class RoboflowClient:
         self.timeout = timeout
         self.not_found_retries = not_found_retries
         self.stats = CallStats()
+        self.stopped: RoboflowStopped | None = None  # the account refusal that stopped this client
+        self._stop_lock = threading.Lock()
         self._gate = in_flight_gate(max_in_flight)
+        _clients.add(self)
         self._api = self._session(pool_size, {"Authorization": f"Bearer {api_key}"})
         self._cdn = self._session(pool_size, {})
 
@@ -118,6 +154,24 @@ class RoboflowClient:
 
     # ---- API calls ----------------------------------------------------------------------
 
+    def _check_not_stopped(self, route: str) -> None:
+        stopped = self.stopped
+        if stopped is not None:
+            raise RoboflowStopped("not_attempted", f"{route}: not attempted: the run stopped after Roboflow answered "
+                                  f"{stopped.status} ({stopped.kind})", status=stopped.status, fix=stopped.fix)
+
+    def _stop(self, route: str, status: int, body: str) -> RoboflowStopped:
+        kind, fix = ACCOUNT_REFUSALS[status]
+        exc = RoboflowStopped(kind, f"{route}: {status} {_error_text(body)}", status=status, fix=fix)
+        with self._stop_lock:
+            first = self.stopped is None
+            if first:
+                self.stopped = exc
+        if first:  # the summary's stop line says it once; the images it leaves are dead letters, not log lines
+            count(f"roboflow_stopped.{status}")
+            log.debug("Roboflow answered %d on %s: stopping; %s", status, route, fix)
+        return exc
+
     def _path(self, *segments: str) -> str:
         return self.api_url + "/" + "/".join(quote(str(s), safe="") for s in segments)
 
@@ -127,12 +181,14 @@ class RoboflowClient:
         misses = {"n": 0}
 
         def attempt() -> dict[str, Any]:
+            self._check_not_stopped(route)  # also after a back-off: another thread may have met the refusal
             waited = self.limiter.acquire()
             if waited:
                 count("roboflow.throttled_seconds", waited)
             self.stats.count_call(route)
             try:
                 with self._gate:
+                    self._check_not_stopped(route)  # tasks queue at the gate: check again before sending
                     resp = self._api.request(method, url, json=body, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError("connection", f"{route}: {type(exc).__name__}: {redact(exc)}") from None
@@ -144,6 +200,8 @@ class RoboflowClient:
             if resp.status_code in RETRYABLE_STATUS:
                 raise TransientError(f"http_{resp.status_code}", f"{route}: {resp.status_code} "
                                      f"{_error_text(resp.text)}", status=resp.status_code)
+            if resp.status_code in ACCOUNT_REFUSALS:
+                raise self._stop(route, resp.status_code, resp.text)
             if resp.status_code == 404 and misses["n"] < not_found_retries:
                 misses["n"] += 1
                 raise TransientError("not_found_yet", f"{route}: 404 {_error_text(resp.text)}", status=404)

@@ -31,7 +31,10 @@ from transforms.core.tally import count
 
 log = logging.getLogger(__name__)
 
-STORAGE_RETRYABLE = {"408", "429", "500", "502", "503", "504", "520", "522", "524", "544"}
+# Storage statuses that heal: 429 SlowDown (database connections exhausted), 544 DatabaseTimeout,
+# 423 ResourceLocked (another request holds the object's lock: supabase/storage src/internal/errors/codes.ts),
+# 5xx and the edge's 520-524. Storage puts the status in the body's ``statusCode`` (often inside an HTTP 400).
+STORAGE_RETRYABLE = {"408", "423", "429", "500", "502", "503", "504", "520", "522", "524", "544"}
 PG_RETRYABLE = {"57014", "40001", "40P01", "53300", "53400", "08000", "08003", "08006", "PGRST000", "PGRST001",
                 "PGRST002", "PGRST003"}
 
@@ -52,7 +55,8 @@ def postgrest_error(exc: APIError, what: str) -> Exception:
 
 
 def storage_error(exc: StorageApiError, what: str) -> Exception:
-    status = str(exc.status)
+    """Storage's status is the body's ``statusCode`` (a str) or the HTTP status (an int, non-JSON bodies)."""
+    status = str(exc.status).strip()
     message = redact(f"{what}: storage {status} {exc.code} {exc.message}")[:500]
     if status in STORAGE_RETRYABLE:
         return TransientError(f"storage_{status}", message, status=int(status) if status.isdigit() else None)
@@ -64,10 +68,58 @@ def transport_error(exc: httpx.HTTPError, what: str) -> TransientError:
     return TransientError("connection", redact(f"{what}: {type(exc).__name__}: {exc}")[:300])
 
 
+# Longest ``in.(...)`` list one request carries, in URL-encoded bytes. Id lists travel in the query
+# string, and the edge refuses long request lines with 414: self-hosted Supabase's Kong (nginx) at 8 KB
+# (``large_client_header_buffers 4 8k``), hosted Supabase around 16 KB (Cloudflare's URL limit; users
+# report 414 near 400 UUIDs). 6,000 bytes leaves room for the path and the other filters under 8 KB.
+MAX_LIST_BYTES = 6000
+MAX_REMOVE_PREFIXES = 1000  # Storage's DELETE /object/{bucket} body limit (prefixes: maxItems 1000)
+
+
+def _encoded_len(value: Any) -> int:
+    """Bytes one ``in`` list item takes in the URL: quoted by postgrest-py, then percent-encoded, plus its comma."""
+    return len(quote(f'"{value}"', safe="")) + 3
+
+
+def list_chunks(values: Iterable[Any], budget: int = MAX_LIST_BYTES) -> list[list[Any]]:
+    """Split ``values`` into lists whose encoded ``in.(...)`` stays within ``budget`` bytes (at least one item each)."""
+    chunks: list[list[Any]] = []
+    current: list[Any] = []
+    used = 0
+    for value in values:
+        size = _encoded_len(value)
+        if current and used + size > budget:
+            chunks.append(current)
+            current, used = [], 0
+        current.append(value)
+        used += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, set, frozenset))
+
+
+def bounded_filters(filters: dict[str, Any]) -> list[dict[str, Any]]:
+    """The filters as one or more filter sets whose id list fits one request line (one list filter at most).
+
+    An empty list yields no filter set: ``in.()`` matches nothing, so there is nothing to ask.
+    """
+    lists = [column for column, value in filters.items() if _is_list(value)]
+    if not lists:
+        return [filters]
+    if len(lists) > 1:
+        raise ValueError(f"at most one list filter per call, got {lists}")
+    column = lists[0]
+    return [filters | {column: chunk} for chunk in list_chunks(list(filters[column]))]
+
+
 def _filtered(query: Any, filters: dict[str, Any]) -> Any:
     """Each ``col=value`` as ``eq``, a list/tuple/set value as ``in``."""
     for column, value in filters.items():
-        query = query.in_(column, list(value)) if isinstance(value, (list, tuple, set)) else query.eq(column, value)
+        query = query.in_(column, list(value)) if _is_list(value) else query.eq(column, value)
     return query
 
 
@@ -78,6 +130,7 @@ class SupabaseClient:
         key: str,
         *,
         bucket: str = "od-images",
+        bucket_public: bool = False,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         max_connections: int = 32,
@@ -86,6 +139,7 @@ class SupabaseClient:
         register_secret(key)
         self.url = url.rstrip("/")
         self.bucket = bucket
+        self.bucket_public = bucket_public  # set from the bucket itself by bucket_info()
         self.retry = retry or RetryPolicy()
         # Object uploads and table calls get separate gates: behind one, the few row writes that finish
         # a batch waited among hundreds of queued uploads (unthrottled: first row after 24.3 s).
@@ -125,8 +179,17 @@ class SupabaseClient:
 
     # ---- Storage --------------------------------------------------------------------------
 
-    def public_url(self, path: str) -> str:
-        return f"{self.url}/storage/v1/object/public/{self.bucket}/{quote(path)}"
+    def object_url(self, path: str) -> str:
+        """The URL of a stored object that works for its bucket, never expires and holds no credential.
+
+        A public bucket: the public-object URL, loadable by anyone (the platform's own buckets are public).
+        A private bucket answers that URL with "Bucket not found", so its objects get the authenticated
+        URL, served to any request whose JWT may read the object (the platform's backend with its service
+        key, a signed-in user under the bucket's policies). A signed URL would expire and put a token
+        into a table row, so it is never stored; sign on read instead (``create_signed_url(path)``).
+        """
+        scope = "public" if self.bucket_public else "authenticated"
+        return f"{self.url}/storage/v1/object/{scope}/{self.bucket}/{quote(path)}"
 
     def upload(self, path: str, data: bytes, content_type: str) -> str:
         """Upload once; "exists" when an earlier attempt or run already stored these bytes.
@@ -160,7 +223,8 @@ class SupabaseClient:
 
     def bucket_info(self) -> dict[str, Any]:
         bucket = self._with_retries(lambda: self.storage.get_bucket(self.bucket), f"bucket {self.bucket}")
-        return {"id": bucket.id, "file_size_limit": bucket.file_size_limit,
+        self.bucket_public = bool(bucket.public)
+        return {"id": bucket.id, "public": bool(bucket.public), "file_size_limit": bucket.file_size_limit,
                 "allowed_mime_types": bucket.allowed_mime_types}
 
     def create_bucket(self) -> None:
@@ -178,14 +242,21 @@ class SupabaseClient:
     # ---- PostgREST ------------------------------------------------------------------------
 
     def select(self, table: str, columns: str, **filters: Any) -> list[dict[str, Any]]:
-        """``select columns from table where`` each ``col=value`` (a list/tuple means ``in``)."""
+        """``select columns from table where`` each ``col=value`` (a list/tuple means ``in``).
 
-        def run() -> list[dict[str, Any]]:
+        A long list is asked for in several requests (:func:`bounded_filters`), each under the edge's
+        request-line limit, and the rows are concatenated.
+        """
+
+        def run(chunk: dict[str, Any]) -> list[dict[str, Any]]:
             query = self.postgrest.table(table).select(columns)
-            query = _filtered(query, filters)
+            query = _filtered(query, chunk)
             return query.execute().data
 
-        return self._with_retries(run, f"select {table}")
+        rows: list[dict[str, Any]] = []
+        for chunk in bounded_filters(filters):
+            rows.extend(self._with_retries(lambda chunk=chunk: run(chunk), f"select {table}"))
+        return rows
 
     def upsert(self, table: str, rows: list[dict[str, Any]], *, on_conflict: str,
                ignore_duplicates: bool = False) -> None:
@@ -220,7 +291,19 @@ class SupabaseClient:
         }
 
     def delete_stale_annotations(self, dataset_id: str, image_id: str, keep_keys: list[str]) -> None:
-        """Remove this image's annotations that the new import no longer has."""
+        """Remove this image's annotations that the new import no longer has.
+
+        One ``not.in`` delete when the kept keys fit one request line; for an image with more boxes
+        (a ``not in`` cannot be split over requests) the stored keys are read and the stale rows
+        deleted by id, in bounded requests.
+        """
+        if len(list_chunks(keep_keys)) > 1:
+            stored = self.select("od_annotations", "id,source_key", dataset_id=dataset_id, image_id=image_id)
+            keep = set(keep_keys)
+            stale = [row["id"] for row in stored if row["source_key"] not in keep]
+            if stale:
+                self.delete_rows("od_annotations", id=stale)
+            return
 
         def run() -> None:
             query = self.postgrest.table("od_annotations").delete(returning="minimal").eq(
@@ -255,26 +338,33 @@ class SupabaseClient:
         if not filters:
             raise ValueError("delete_rows needs a filter")
 
-        def run() -> None:
+        def run(chunk: dict[str, Any]) -> None:
             query = self.postgrest.table(table).delete(returning="minimal")
-            query = _filtered(query, filters)
+            query = _filtered(query, chunk)
             query.execute()
 
-        self._with_retries(run, f"delete {table}")
+        for chunk in bounded_filters(filters):  # a long id list: several deletes, each idempotent
+            self._with_retries(lambda chunk=chunk: run(chunk), f"delete {table}")
 
     def update_rows(self, table: str, values: dict[str, Any], **filters: Any) -> None:
         if not filters:
             raise ValueError("update_rows needs a filter")
 
-        def run() -> None:
+        def run(chunk: dict[str, Any]) -> None:
             query = self.postgrest.table(table).update(values, returning="minimal")
-            query = _filtered(query, filters)
+            query = _filtered(query, chunk)
             query.execute()
 
-        self._with_retries(run, f"update {table}")
+        for chunk in bounded_filters(filters):
+            self._with_retries(lambda chunk=chunk: run(chunk), f"update {table}")
 
     def remove_objects(self, paths: list[str]) -> None:
-        """Delete objects of the bucket; paths already gone are fine (a re-run after a crash)."""
-        if paths:
-            self._with_retries(lambda: self.storage.from_(self.bucket).remove(list(paths)),
-                               f"remove {len(paths)} objects", storage=True)
+        """Delete objects of the bucket; paths already gone are fine (a re-run after a crash).
+
+        The paths travel in the body, which Storage caps at 1,000 prefixes per request.
+        """
+        paths = list(paths)
+        for start in range(0, len(paths), MAX_REMOVE_PREFIXES):
+            chunk = paths[start:start + MAX_REMOVE_PREFIXES]
+            self._with_retries(lambda chunk=chunk: self.storage.from_(self.bucket).remove(chunk),
+                               f"remove {len(chunk)} objects", storage=True)

@@ -311,7 +311,9 @@ def import_hash(details: ImageDetails, ctx: ImportContext) -> str:
         "image": dataclasses.asdict(details) | {"original_url": None},
         "version": ctx.version,
         "classes": {b.label: ctx.class_ids.get(b.label) for b in details.boxes},
-        "bucket": ctx.bucket,
+        # The image_url kind is part of the rows: rows written with a public-object URL into a private bucket
+        # (it answers "Bucket not found") are rewritten by the next run, without downloading anything again.
+        "bucket": ctx.bucket if ctx.bucket_public else f"{ctx.bucket} (authenticated url)",
     }
     blob = json.dumps(canonical, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()
@@ -334,7 +336,7 @@ class ImageRows:
     dropped_annotations: dict[str, int]
 
 
-def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> ImageRows:
+def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> ImageRows:
     """The ``od_images``, ``od_dataset_images`` and ``od_annotations`` rows of one stored image."""
     d = stored.details
     ref = source_ref(ctx.dataset_id, d.image_id)
@@ -387,7 +389,7 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
         "id": image_id,
         "filename": stored.storage_path.rsplit("/", 1)[-1],
         "original_filename": pg_text(d.name[:1024]) or None,
-        "image_url": public_url,
+        "image_url": image_url,
         "width": stored.width,
         "height": stored.height,
         "file_size_bytes": stored.size_bytes,

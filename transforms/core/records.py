@@ -25,6 +25,7 @@ class ImportContext:
     bucket: str
     class_ids: dict[str, str | None]  # Roboflow class name -> od_classes.id, None = skip
     max_object_bytes: int | None = None
+    bucket_public: bool = False  # image_url: public-object URL, else the authenticated one (object_url)
 
 
 @dataclasses.dataclass(frozen=True)

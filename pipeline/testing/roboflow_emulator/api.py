@@ -86,6 +86,21 @@ def unauthorized(submitted_key: str | None) -> Response:
     return json_response(401, {"error": error})
 
 
+# Inferred bodies: the statuses and the 423 message are Roboflow's (roboflow-api.md §3); the 402/403 messages
+# and every `type` are not documented anywhere we could read.
+ACCOUNT_REFUSALS = {
+    402: ("You have run out of credits. Add credits or upgrade your plan to continue.", "PaymentRequiredException"),
+    423: ("Roboflow API usage is paused", "UsagePausedException"),
+    403: ("You do not have permission to access this resource.", "ForbiddenException"),
+}
+
+
+def account_refusal(status: int) -> Response:
+    """The account cannot use the API any more (credits, pause, access), whatever the request."""
+    message, error_type = ACCOUNT_REFUSALS[status]
+    return error_response(status, message, error_type, "object")
+
+
 def html_response(status: int, html: str) -> Response:
     return Response(status, html.encode(), "text/html; charset=utf-8")
 

@@ -188,6 +188,15 @@ class FaultConfig:
         default=None, metadata=_doc("project search silently returns nothing at or past this offset")
     )
     unknown_version_status: int = field(default=500, metadata=_doc("status for an unknown version: 500 or 404"))
+    account_refusal_status: int | None = field(
+        default=None, metadata=_doc("402 (out of credits), 423 (usage paused) or 403 (access lost) for the account")
+    )
+    account_refusal_after: int = field(
+        default=0, metadata=_doc("API requests on account_refusal_routes answered normally before the refusals start")
+    )
+    account_refusal_routes: tuple[str, ...] = field(
+        default=("api",), metadata=_doc("routes that get the account refusal (image_details: credits run out mid-run)")
+    )
 
     rate_limit_per_s: float | None = field(default=None, metadata=_doc("token bucket per API key, requests/s"))
     rate_limit_burst: int | None = field(default=None, metadata=_doc("bucket size; default = one second"))
@@ -214,6 +223,11 @@ class FaultConfig:
             expand_routes([route])
             if style not in ("string", "object"):
                 raise ValueError("error_style values must be 'string' or 'object'")
+        if self.account_refusal_status not in (None, 402, 403, 423):
+            raise ValueError("account_refusal_status must be 402, 403, 423 or null")
+        if self.account_refusal_after < 0:
+            raise ValueError("account_refusal_after must be >= 0")
+        expand_routes(self.account_refusal_routes)
         if self.unknown_version_status not in (404, 500):
             raise ValueError("unknown_version_status must be 404 or 500")
         if self.rate_limit_per_s is not None and self.rate_limit_per_s <= 0:

@@ -31,6 +31,8 @@ class FaultState:
         for route_name, style in config.error_style.items():
             for route in expand_routes([route_name]):
                 self._error_style[route] = style
+        self._refusal_routes = expand_routes(config.account_refusal_routes)
+        self._refusal_passed = 0
         self.targets = self._pick_targets(dataset)
         self.deleted_after_listing = frozenset(self.targets["deleted_after_listing"])
         self.undecodable = frozenset(self.targets["undecodable"])
@@ -60,6 +62,16 @@ class FaultState:
                 self._remaining[name] -= 1
                 return True
             return rate > 0 and self._rng.random() < rate
+
+    def account_refuses(self, route: str) -> bool:
+        """Whether the account refusal answers this request: once ``account_refusal_after`` have passed, always."""
+        if self.config.account_refusal_status is None or route not in self._refusal_routes:
+            return False
+        with self._lock:
+            if self._refusal_passed < self.config.account_refusal_after:
+                self._refusal_passed += 1
+                return False
+            return True
 
     def chance(self, probability: float) -> bool:
         with self._lock:

@@ -23,6 +23,7 @@ from .api import (
     InvalidRequest,
     Response,
     RoboflowApi,
+    account_refusal,
     error_response,
     express_not_found,
     gateway_error,
@@ -208,6 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
             if wait > 0:
                 state.count("fault:rate_limit")
                 self._send(self._too_many(route, faults, math.ceil(wait)), method, route, faults)
+                return
+            if faults.account_refuses(route):
+                state.count("fault:account_refusal")
+                self._send(account_refusal(faults.config.account_refusal_status), method, route, faults)
                 return
             if body_error is not None and method == "POST":
                 style = faults.error_style(route, "object")

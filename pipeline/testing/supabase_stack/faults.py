@@ -38,10 +38,19 @@ class StackFaults:
     rest_lost_response_rate: float = 0.0
     slow_seconds: float = 2.0
     proxy_max_body_bytes: int | None = None
+    # Storage's own coded errors, rendered as its error handler does (HTTP 400, the status as a string in
+    # the body): 544 DatabaseTimeout, 503 SlowDown, 423 ResourceLocked (supabase/storage codes.ts).
+    storage_coded_error_rate: float = 0.0
+    storage_coded_error_statuses: tuple[int, ...] = (544, 503, 423)
+    # Not a fault: the edge's request-line limit, on by default because the real edge has one. Kong's nginx
+    # answers 414 above 8 KB (large_client_header_buffers 4 8k; inferred from nginx's default, Kong sets
+    # none); hosted Supabase's Cloudflare allows about 16 KB. None = no limit (the old 64 KB of http.server).
+    max_request_line_bytes: int | None = 8192
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["storage_5xx_statuses"] = list(self.storage_5xx_statuses)
+        data["storage_coded_error_statuses"] = list(self.storage_coded_error_statuses)
         return data
 
     @classmethod
@@ -52,8 +61,9 @@ class StackFaults:
         if unknown:
             raise ValueError(f"unknown fault fields: {sorted(unknown)}")
         values = dict(data)
-        if "storage_5xx_statuses" in values:
-            values["storage_5xx_statuses"] = tuple(int(s) for s in values["storage_5xx_statuses"])
+        for name in ("storage_5xx_statuses", "storage_coded_error_statuses"):
+            if name in values:
+                values[name] = tuple(int(s) for s in values[name])
         return cls(**values)
 
 
@@ -100,6 +110,9 @@ class FaultInjector:
                 decision.status = self._rng.choice(f.storage_5xx_statuses)
             elif self._hit(f.storage_429_rate):
                 decision.kind, decision.status = "storage_429", 429
+            elif self._hit(f.storage_coded_error_rate):
+                decision.kind = "storage_coded_error"
+                decision.status = self._rng.choice(f.storage_coded_error_statuses)
             elif self._hit(f.storage_disconnect_rate):
                 decision.kind = "storage_disconnect"
             return decision
@@ -133,6 +146,15 @@ def cloudflare_error_page(status: int) -> bytes:
         f'<body><div id="cf-error-details"><h1>{reason}</h1><span>Error code {status}</span>'
         "<p>Cloudflare Ray ID: 8c0ffee000000000</p></div></body></html>\n"
     ).encode()
+
+
+def uri_too_long_page() -> bytes:
+    """nginx's (Kong's) page for a request line over its header buffer."""
+    return (
+        b"<html>\r\n<head><title>414 Request-URI Too Large</title></head>\r\n<body>\r\n"
+        b"<center><h1>414 Request-URI Too Large</h1></center>\r\n<hr><center>openresty</center>\r\n"
+        b"</body>\r\n</html>\r\n"
+    )
 
 
 def proxy_413_page() -> bytes:

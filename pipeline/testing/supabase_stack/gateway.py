@@ -18,8 +18,15 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
-from .faults import FaultDecision, FaultInjector, StackFaults, cloudflare_error_page, proxy_413_page
-from .storage import StorageDouble, StorageResponse, entity_too_large, no_such_key
+from .faults import (
+    FaultDecision,
+    FaultInjector,
+    StackFaults,
+    cloudflare_error_page,
+    proxy_413_page,
+    uri_too_long_page,
+)
+from .storage import StorageDouble, StorageResponse, coded_error, entity_too_large, no_such_key
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +348,12 @@ class Gateway:
             self._control(handler, path, method)
             return
         query = dict(parse_qsl(split.query, keep_blank_values=True))
+        line_limit = self.faults.faults.max_request_line_bytes
+        if line_limit is not None and len(handler.raw_requestline) > line_limit:
+            handler.close_connection = True  # nginx answers before reading the rest of the request
+            self.counters.count("414", 414)
+            handler.send_bytes(414, uri_too_long_page(), "text/html")
+            return
         if path.startswith("/rest/v1/") or path == "/rest/v1":
             service, label = "rest", rest_route_label(method, path[len("/rest/v1") :] or "/")
         elif path.startswith("/storage/v1/"):
@@ -406,6 +419,10 @@ class Gateway:
     # --- storage -------------------------------------------------------------------------------
 
     def _serve_storage(self, handler, label, method, path, query, body, decision: FaultDecision) -> None:
+        if decision.kind == "storage_coded_error":
+            self.counters.fault(decision.kind)
+            self._reply_storage(handler, label, coded_error(decision.status).response())
+            return
         if decision.kind in ("storage_5xx", "storage_429", "storage_413"):
             self.counters.fault(decision.kind)
             if decision.status == 429:

@@ -5,6 +5,10 @@ storage3 sends and parses: multipart uploads with `x-upsert`, errors as HTTP 400
 status as a *string* `statusCode`, `{"Id", "Key"}` on upload, bucket limits and MIME rules, and JWT
 checks (service_role passes; anon/authenticated meet the row-level-security denial that Storage's
 default policies produce). Object bytes live on disk under `root`, each with a JSON sidecar.
+
+Where it follows the real server's source rather than its documentation (supabase/storage: uploader.ts,
+limits.ts, codes.ts), the behaviour is marked "real server:"; what is inferred is marked "inferred:".
+Not served: resumable (TUS) uploads, signed URLs, image transformations, S3 protocol.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from urllib.parse import quote, unquote
 
 from .keys import InvalidJwtError, verify_token
 
-DEFAULT_FILE_SIZE_LIMIT = 50 * 1024 * 1024
+DEFAULT_FILE_SIZE_LIMIT = 52428800  # self-hosted Storage's FILE_SIZE_LIMIT default, in bytes
 MAX_MULTIPART_FIELDS = 10
 VALID_KEY = re.compile(r"^(\w|/|!|-|\.|\*|'|\(|\)| |&|\$|@|=|;|:|\+|,|\?)*$", re.ASCII)
 VALID_BUCKET = re.compile(r"^(\w|!|-|\.|\*|'|\(|\)| |&|\$|@|=|;|:|\+|,|\?)+$", re.ASCII)
-SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+SIZE_UNITS = {"B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4}  # real server: decimal units
 RLS_DENIED = "new row violates row-level security policy"
 
 
@@ -77,7 +81,22 @@ def access_denied(message: str = RLS_DENIED) -> StorageError:
 
 
 def already_exists() -> StorageError:
-    return StorageError(409, "ResourceAlreadyExists", "The resource already exists", "Duplicate")
+    """real server: an object key taken without x-upsert is KeyAlreadyExists (ResourceAlreadyExists is for others)."""
+    return StorageError(409, "KeyAlreadyExists", "The resource already exists", "Duplicate")
+
+
+CODED_ERRORS = {
+    544: ("DatabaseTimeout", "Timeout while acquiring a database connection", "DatabaseTimeout"),
+    503: ("SlowDown", "Please reduce your request rate", "SlowDown"),
+    423: ("ResourceLocked", "The resource is locked", "ResourceLocked"),
+    429: ("SlowDown", "Too many connections issued to the database", "too_many_connections"),
+}
+
+
+def coded_error(status: int) -> StorageError:
+    """Storage's transient errors by status (codes.ts); messages are inferred, the codes are the server's."""
+    code, message, error = CODED_ERRORS[status]
+    return StorageError(status, code, message, error)
 
 
 def entity_too_large() -> StorageError:
@@ -97,7 +116,7 @@ def _now_iso() -> str:
 
 
 def parse_size(value: object) -> int | None:
-    """`file_size_limit` as Storage accepts it: bytes as an int, or '20MB' / '30KB' / '3B'."""
+    """`file_size_limit` as Storage accepts it: bytes as an int, or '20MB' / '30KB' / '3B' in decimal units."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -149,9 +168,8 @@ def parse_upload_body(body: bytes, headers) -> UploadedFile:
                 metadata = json.loads(base64.b64decode(headers["x-metadata"]))
             except ValueError as exc:
                 raise invalid_request("Invalid metadata") from exc
-        return UploadedFile(
-            body, content_type or "text/plain;charset=UTF-8", headers.get("cache-control", "3600"), metadata
-        )
+        mimetype = content_type or "text/plain;charset=UTF-8"
+        return UploadedFile(body, mimetype, headers.get("cache-control", ""), metadata)
     boundary = _header_params(content_type).get("boundary")
     if not boundary:
         raise invalid_request("Multipart: Boundary not found")
@@ -178,7 +196,7 @@ def parse_upload_body(body: bytes, headers) -> UploadedFile:
         if "filename" in disposition or "filename*" in disposition:
             if upload is not None:
                 raise invalid_request("reach files limit")
-            upload = UploadedFile(content, part_headers.get("content-type", "text/plain"), "3600", None)
+            upload = UploadedFile(content, part_headers.get("content-type", "text/plain"), "", None)
         else:
             if len(fields) >= MAX_MULTIPART_FIELDS:
                 raise invalid_request("reach fields limit")
@@ -187,6 +205,8 @@ def parse_upload_body(body: bytes, headers) -> UploadedFile:
     if upload is None:
         raise invalid_request("No content provided")
     upload.cache_control = fields.get("cacheControl", upload.cache_control)
+    if fields.get("contentType"):  # real server: the form field wins over the file part's own type
+        upload.mimetype = fields["contentType"]
     if fields.get("metadata"):
         try:
             upload.user_metadata = json.loads(fields["metadata"])
@@ -198,10 +218,13 @@ def parse_upload_body(body: bytes, headers) -> UploadedFile:
 class StorageDouble:
     """Buckets and objects on disk, served through `handle()` by the gateway threads."""
 
-    def __init__(self, root: Path, jwt_secret: str, global_file_size_limit: int = DEFAULT_FILE_SIZE_LIMIT):
+    def __init__(self, root: Path, jwt_secret: str, global_file_size_limit: int = DEFAULT_FILE_SIZE_LIMIT,
+                 standard_upload_size_limit: int | None = None):
         self.root = root
         self.jwt_secret = jwt_secret
         self.global_file_size_limit = global_file_size_limit
+        # real server: standard (non-TUS) uploads have their own cap (UPLOAD_FILE_SIZE_LIMIT_STANDARD); None = global
+        self.standard_upload_size_limit = standard_upload_size_limit
         self._bucket_dir = root / "buckets"
         self._object_dir = root / "objects"
         self._tmp_dir = root / "tmp"
@@ -358,14 +381,17 @@ class StorageDouble:
         tmp = self._tmp_dir / f"upload-{uuid.uuid4().hex}"
         tmp.write_bytes(upload.data)
         now = _now_iso()
-        cache_control = upload.cache_control
-        if cache_control and cache_control.isdigit():
+        cache_control = upload.cache_control or "no-cache"  # real server: no-cache when none is given
+        if cache_control.isdigit():
             cache_control = f"max-age={cache_control}"
+        # real server: "must not exist" is checked before the bytes are stored, and the row is written with
+        # an upsert afterwards, so two concurrent uploads of one key without x-upsert both succeed (the last
+        # one wins). The check sits outside the object's lock for the same race.
+        if not upsert and self.read_meta(bucket, name) is not None:
+            tmp.unlink()
+            raise already_exists()
         with self._lock_for(bucket, name):
             previous = self.read_meta(bucket, name)
-            if previous is not None and not upsert:
-                tmp.unlink()
-                raise already_exists()
             meta = {
                 "id": previous["id"] if previous else str(uuid.uuid4()),
                 "bucket_id": bucket,
@@ -482,13 +508,19 @@ class StorageDouble:
         if role != "service_role":
             raise access_denied()
         upload = parse_upload_body(body, headers)
-        limit = min(bucket.get("file_size_limit") or self.global_file_size_limit, self.global_file_size_limit)
-        if len(upload.data) > limit:
-            raise entity_too_large()
+        # real server: the MIME type is checked first, then the size against the smallest of the bucket's,
+        # the global and the standard-upload limit (limits.ts getFileSizeLimit, uploader.ts).
         if not mime_allowed(upload.mimetype, bucket.get("allowed_mime_types")):
             raise invalid_mime_type(upload.mimetype)
+        if len(upload.data) > self.upload_size_limit(bucket):
+            raise entity_too_large()
         meta = self.put_object(bucket_id, name, upload, upsert=upsert)
         return StorageResponse.json({"Id": meta["id"], "Key": f"{bucket_id}/{name}"})
+
+    def upload_size_limit(self, bucket: dict) -> int:
+        """The effective limit of a standard upload into ``bucket``."""
+        limits = [self.global_file_size_limit, bucket.get("file_size_limit"), self.standard_upload_size_limit]
+        return min(limit for limit in limits if limit)
 
     def _visible_object(self, bucket_id: str, name: str, headers, *, public: bool) -> dict:
         """The object's sidecar if this caller may read it; Storage answers 'not found' otherwise."""
