@@ -328,7 +328,7 @@ class WorkerRun:
             self.latest = Progress(**body)
             await self.report(self.latest)
         elif kind == "log":
-            logging.getLogger(str(body["name"])).log(int(body["level"]), "%s", redact(body["message"]))
+            emit(body)
         elif kind == "dead_letter":
             self.dead_letters.append({key: redact(value) for key, value in body.items()})
         elif kind == "result":
@@ -349,6 +349,15 @@ class WorkerRun:
             self._callback_failures += 1
             if self._callback_failures <= 3:
                 log.warning("progress callback failed (the import goes on): %s: %s", type(exc).__name__, redact(exc))
+
+
+def emit(record: dict[str, Any]) -> None:
+    """A worker's log record on the logger of the same name here, redacted again (this process knows every key)."""
+    logger, level = logging.getLogger(str(record["name"])), int(record["level"])
+    if logger.isEnabledFor(level):
+        logger.handle(logging.makeLogRecord({"name": logger.name, "levelno": level,
+                                             "levelname": logging.getLevelName(level),
+                                             "msg": redact(record["message"]), "pathname": WORKER_MODULE}))
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:

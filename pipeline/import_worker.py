@@ -26,6 +26,7 @@ import threading
 from typing import Any, TextIO
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_ORPHANED = 0, 1, 2, 3
+NICENESS = 10  # a batch job under a web service: when they compete for a core, the service's loop wins
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def main() -> int:
     if not isinstance(request, dict):
         return EXIT_ORPHANED  # the parent went away before sending the request
     exit_when_parent_goes(sys.stdin.fileno())
+    os.nice(NICENESS)
     handler = ChannelLogHandler(channel)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger()
