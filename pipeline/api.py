@@ -27,7 +27,8 @@ child's stdin, so neither the parent's ``os.environ`` nor any argv ever holds th
 with different keys run at the same time without a lock (each child's environment is its own; the
 child is started without the parent's ``ROBOFLOW_API_KEY``/``SUPABASE_SERVICE_ROLE_KEY``). A fresh
 ``python -m`` interpreter, unlike ``multiprocessing``'s spawn, does not re-import the web service's
-``__main__``. The cost is the child's start (Python and Beam imports, about 3 s) per import.
+``__main__``. The cost is the child's start per import: its Python and Beam imports, 5 to 8 s on a
+loaded 2-core machine (README, "Python API").
 
 Progress and log records come back over the child's stdout pipe and are handled on the caller's
 loop thread in the order sent: the callback runs at least every 10 finished images
@@ -61,8 +62,8 @@ from typing import Any
 
 import pipeline
 from pipeline.class_mapping import AUTO, parse_entries
+from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV, SUPABASE_URL_ENV
 from pipeline.errors import InputError
-from pipeline.preflight import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV, SUPABASE_URL_ENV
 from pipeline.progress import Progress, render_line
 from transforms.core.redact import redact, register_secret
 

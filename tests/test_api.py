@@ -7,16 +7,19 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from pipeline import main as importer
 from pipeline.api import (
     ImportCancelled,
+    ImportFailed,
     ImportInputError,
     ImportResult,
     RoboflowStreamingImporter,
@@ -156,6 +159,41 @@ def test_cancel_half_way_then_rerun_equals_an_uninterrupted_import(roboflow_emul
     assert len(resumed_state["images"]) == len(resumed_state["objects"]) == 160
     assert resumed_state == snapshot(target, OTHER_DATASET)
     assert orphans(target) == set()
+
+
+def worker_pids() -> list[int]:
+    """This process's import workers, from /proc (the worker's pid is not part of the API)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"pipeline.import_worker" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_a_killed_worker_raises_import_failed_and_a_rerun_completes(roboflow_emulator, target, no_keys_in_env):
+    """A worker that dies (the OOM killer, say) fails the call, not the caller; running again completes it."""
+    emu = roboflow_emulator(image_count=80, seed=36, image_kb_max=6, faults=FaultConfig(api_latency_ms=20))
+    killed = []
+
+    def kill_the_worker(processed, total, message):
+        if not killed:
+            killed.extend(worker_pids())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(ImportFailed, match=r"^the import's worker process exited with code -9 before reporting a "
+                                           r"result .* running the same import again resumes it$"):
+        asyncio.run(streaming_import_from_roboflow(**platform_call(emu, target, progress_callback=kill_the_worker)))
+    assert len(killed) == 1 and imported_count(target, DATASET) < 80
+    emu.faults = FaultConfig()
+    rerun = asyncio.run(streaming_import_from_roboflow(**platform_call(emu, target)))
+    assert rerun.success and rerun.images_imported + rerun.images_skipped == 80
+    assert imported_count(target, DATASET) == 80
 
 
 def test_two_concurrent_imports_with_different_keys_never_see_each_others_key(
