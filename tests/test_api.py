@@ -144,7 +144,7 @@ def test_cancel_half_way_then_rerun_equals_an_uninterrupted_import(roboflow_emul
         return info.value
 
     cancelled = asyncio.run(cancelled_run())
-    assert isinstance(cancelled, asyncio.CancelledError)
+    assert isinstance(cancelled, asyncio.CancelledError) and worker_pids() == []
     done_at_cancel = imported_count(target, DATASET)
     time.sleep(1.5)  # a worker still running would go on writing
     assert imported_count(target, DATASET) == done_at_cancel and 0 < done_at_cancel < 160
@@ -161,18 +161,32 @@ def test_cancel_half_way_then_rerun_equals_an_uninterrupted_import(roboflow_emul
     assert orphans(target) == set()
 
 
-def worker_pids() -> list[int]:
-    """This process's import workers, from /proc (the worker's pid is not part of the API)."""
+def worker_pids(parent: int | None = None) -> list[int]:
+    """The live import workers of ``parent`` (this process), from /proc: the worker's pid is not in the API."""
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            fields = stat.read_text().rsplit(")", 1)[1].split()
             cmdline = (stat.parent / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
+        except (OSError, IndexError):
             continue
-        if ppid == os.getpid() and b"pipeline.import_worker" in cmdline:
+        if int(fields[1]) == (parent or os.getpid()) and fields[0] != "Z" and b"pipeline.import_worker" in cmdline:
             pids.append(int(stat.parent.name))
     return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def test_a_killed_worker_raises_import_failed_and_a_rerun_completes(roboflow_emulator, target, no_keys_in_env):
@@ -194,6 +208,27 @@ def test_a_killed_worker_raises_import_failed_and_a_rerun_completes(roboflow_emu
     rerun = asyncio.run(streaming_import_from_roboflow(**platform_call(emu, target)))
     assert rerun.success and rerun.images_imported + rerun.images_skipped == 80
     assert imported_count(target, DATASET) == 80
+
+
+def test_a_worker_stops_when_its_caller_dies(roboflow_emulator, target, no_keys_in_env):
+    """The web service killed mid-import (a deploy, the OOM killer): its worker does not import on, orphaned."""
+    emu = roboflow_emulator(image_count=200, seed=37, image_kb_max=6, faults=FaultConfig(api_latency_ms=20))
+    service = subprocess.Popen([sys.executable, "-m", "pipeline.testing.platform_backend"], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        service.stdin.write(json.dumps(platform_call(emu, target)).encode() + b"\n")
+        service.stdin.flush()
+        wait_for(lambda: imported_count(target, DATASET) > 0, 180, "the first imported image")
+        workers = worker_pids(service.pid)
+    finally:
+        service.kill()
+        service.wait(30)
+    assert len(workers) == 1
+    wait_for(lambda: not alive(workers[0]), 5, "the orphaned worker to exit")
+    done = imported_count(target, DATASET)
+    time.sleep(1.5)
+    assert imported_count(target, DATASET) == done < 200
 
 
 def test_two_concurrent_imports_with_different_keys_never_see_each_others_key(
