@@ -53,6 +53,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -204,6 +205,7 @@ class RoboflowStreamingImporter:
         else:
             request, report = ImportRequest(*in_call), progress_callback
             concurrency = PLAN_CONCURRENCY if concurrency is None else concurrency
+        request = dataclasses.replace(request, class_mapping=plain_entries(request.class_mapping))
         argv, keys = self._checked(request, concurrency)
         with _output_directory(self.output_dir) as out:
             mapping = request.class_mapping
@@ -273,6 +275,14 @@ async def streaming_import_from_roboflow(api_key: str, workspace: str, project: 
                                          checkpoint=checkpoint)
 
 
+def plain_entries(mapping: object) -> object:
+    """Mapping entries as plain dicts. The platform's endpoint is FastAPI, so its request may hold them
+    as pydantic models (inferred from its framework, not read in its source): ``model_dump()`` each."""
+    if isinstance(mapping, list):
+        return [entry.model_dump() if hasattr(entry, "model_dump") else entry for entry in mapping]
+    return mapping
+
+
 def platform_progress(callback: ProgressCallback | None) -> Callable[[Progress], object] | None:
     """The platform's ``(processed, total, message)`` callback as one that takes a :class:`Progress`."""
     if callback is None:
@@ -299,12 +309,15 @@ class WorkerRun:
             start_new_session=True)  # the service's Ctrl-C reaches the parent, which stops the worker
         stderr = asyncio.ensure_future(forward_stderr(process.stderr))
         try:
-            process.stdin.write(json.dumps(self.request).encode("utf-8") + b"\n")
-            await process.stdin.drain()
+            try:
+                process.stdin.write(json.dumps(self.request).encode("utf-8") + b"\n")
+                await process.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the worker died on start: its exit code and stderr say why, below
             async for line in process.stdout:
                 await self.handle(json.loads(line))
             code = await process.wait()
-            await stderr
+            await asyncio.wait([stderr], timeout=STOP_GRACE)  # a leftover grandchild may hold stderr open
         except asyncio.CancelledError:
             await stop(process)
             progress = self.latest
@@ -362,15 +375,19 @@ def emit(record: dict[str, Any]) -> None:
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:
-    """End the worker: closing its stdin makes it exit at once; killed if it has not after STOP_GRACE."""
-    if process.returncode is not None:
-        return
-    process.stdin.close()
-    try:
-        await asyncio.wait_for(process.wait(), STOP_GRACE)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
+    """End the worker: closing its stdin makes it exit at once; killed if it has not after STOP_GRACE, and
+    with it anything it started."""
+    if process.returncode is None:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+    try:  # processes the worker started (Beam's multi_processing workers) are in its session's group
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 async def forward_stderr(stream: asyncio.StreamReader) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from pipeline import main as importer
@@ -52,6 +53,16 @@ def platform_mapping(emu) -> list[dict]:
     """What the platform's import request sends: here, create every class, keep Roboflow's colour."""
     return [{"source_name": name, "target_class_id": None, "create_new": True, "skip": False, "color": None}
             for name in emu.dataset.classes]
+
+
+class MappingEntry(pydantic.BaseModel):
+    """An entry as the platform's FastAPI request model may hold it."""
+
+    source_name: str
+    target_class_id: str | None = None
+    create_new: bool = False
+    skip: bool = False
+    color: str | None = None
 
 
 def stand_ins(emu, stack) -> dict:
@@ -112,8 +123,9 @@ def test_progress_callbacks_run_on_the_loop_thread_and_a_raising_one_does_not_st
             raise RuntimeError(f"job row update failed for key {emu.config.api_key}")
 
     async def main():
-        return threading.get_ident(), await streaming_import_from_roboflow(
-            **platform_call(emu, target, progress_callback=on_progress))
+        return threading.get_ident(), await streaming_import_from_roboflow(**platform_call(
+            emu, target, progress_callback=on_progress,
+            class_mapping=[MappingEntry(**entry) for entry in platform_mapping(emu)]))
 
     loop_thread, result = asyncio.run(main())
     assert result.success and result.images_imported == 25 and result.job_id == "job-1"
