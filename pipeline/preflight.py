@@ -23,6 +23,7 @@ import httpx
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline.class_mapping import AUTO, MappingEntry, ResolvedMapping, load_class_mapping, resolve_mapping
+from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV, SUPABASE_URL_ENV
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
@@ -34,9 +35,6 @@ from transforms.core.retry import PermanentError, RetryPolicy, TransientError, c
 from transforms.core.secrets import MissingSecret, SecretRef
 from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, selection_body, selection_query
 
-ROBOFLOW_KEY_ENV = "ROBOFLOW_API_KEY"
-SUPABASE_KEY_ENV = "SUPABASE_SERVICE_ROLE_KEY"
-SUPABASE_URL_ENV = "SUPABASE_URL"
 SCHEMA_VERSION = 4
 MARK_SCHEMA_VERSION = 5  # --prune_mode mark writes od_dataset_images.source_missing_at
 PREFLIGHT_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=4.0, max_elapsed=20.0)

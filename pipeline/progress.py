@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 LISTED, WRITTEN, UNCHANGED, FAILED = "images_listed", "images_written", "images_unchanged", "images_failed"
 IMAGE_COUNTERS = frozenset((LISTED, WRITTEN, UNCHANGED, FAILED))
 RATE_WINDOW = 30.0  # seconds of recent completions behind images/s and the ETA
-MILESTONE = 50  # a callback at least every this many completed images
+MILESTONE = 10  # a callback at least every this many completed images: the platform updates its job row every ~10
 DEFAULT_INTERVAL = 10.0  # seconds between plain lines when stderr is not a terminal
 TTY_TICK = 0.5  # seconds between redraws of the live line
 

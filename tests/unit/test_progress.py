@@ -119,14 +119,14 @@ def test_no_rate_in_the_first_second():
     assert tracker.snapshot().rate is None
 
 
-def test_milestones_every_50_images_in_order():
+def test_milestones_every_10_images_in_order():
     clock, tracker = tracker_at(reported=200)
-    for _ in range(130):
+    for _ in range(135):
         clock.now += 0.1
         tracker.add(WRITTEN)
     milestones, current = tracker.drain()
-    assert [m.done for m in milestones] == [50, 100]
-    assert current.done == 130
+    assert [m.done for m in milestones] == list(range(10, 131, 10))
+    assert current.done == 135
     assert tracker.drain()[0] == []
 
 
@@ -150,7 +150,7 @@ def test_concurrent_adds_lose_nothing():
     for t in threads:
         t.join()
     assert tracker.snapshot().done == 8000
-    assert len(tracker.drain()[0]) == 160
+    assert len(tracker.drain()[0]) == 800  # one milestone per 10 images
 
 
 def test_final_progress_comes_from_the_summary():
