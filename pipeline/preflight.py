@@ -25,9 +25,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from pipeline.class_mapping import AUTO, MappingEntry, ResolvedMapping, load_class_mapping, resolve_mapping
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
+from pipeline.project_types import ProjectType, project_type, skeletons_of
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
 from transforms.clients.roboflow import RoboflowClient, RoboflowError
 from transforms.clients.supabase import SupabaseClient
+from transforms.core.convert import IMAGE_MIME_TYPES, mime_allowed, size_limit_bytes
 from transforms.core.ratelimit import AdaptiveRateLimiter
 from transforms.core.redact import redact
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
@@ -70,6 +72,9 @@ class Checked:
     selection: Selection = Selection()
     unmapped: tuple[str, ...] = ()  # --plan only: Roboflow classes the mapping misses (an error otherwise)
     prune: str | None = None  # --prune: "delete" or "mark"; None: no pruning
+    project_type: ProjectType | None = None
+    skeletons: dict[str, dict] | None = None  # keypoint projects: class -> names and edges
+    allowed_mime_types: tuple[str, ...] | None = None  # the bucket's; None: any type
 
 
 class _CommandLineParser(_BeamArgumentParser):
@@ -287,8 +292,9 @@ def _roboflow_failure(exc: Exception, what: str, fix: str, api_url: str, key_sou
 
 
 def check_roboflow(opts: ImportOptions, client: RoboflowClient,
-                   selection: Selection | None = None) -> tuple[dict, dict | None, int]:
-    """Workspace, project and version exist; returns project info, version splits, listing total.
+                   selection: Selection | None = None) -> tuple[dict, dict | None, int, dict | None]:
+    """Workspace, project and version exist and the project's type can be imported; returns project
+    info, version splits, listing total and (keypoint projects) the version's skeletons.
 
     The total is what Roboflow's search reports for the selected images, so a filtered run is
     complete when it imports those (not the whole project)."""
@@ -311,7 +317,8 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient,
         raise failure(exc, f"project {ws}/{proj}",
                       f"check --roboflow_project (workspace has: {', '.join(known[:10]) or 'no projects'})") from None
     info = project.get("project") or {}
-    version_splits = None
+    kind = project_type(info, ws, proj)
+    version_splits = version = None
     if opts.roboflow_version is not None:
         available = sorted(int(str(v.get("id", "")).rsplit("/", 1)[-1]) for v in project.get("versions", [])
                            if str(v.get("id", "")).rsplit("/", 1)[-1].isdigit())
@@ -323,6 +330,15 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient,
         except Exception as exc:
             raise failure(exc, f"version {opts.roboflow_version}", "check --roboflow_version") from None
         version_splits = (version.get("version") or {}).get("splits")
+    elif kind.name == "keypoint-detection":  # keypoint names and skeletons are described per version
+        newest = max((v for v in project.get("versions", []) if str(v.get("id", "")).rsplit("/", 1)[-1].isdigit()),
+                     key=lambda v: int(str(v["id"]).rsplit("/", 1)[-1]), default=None)
+        if newest is not None:
+            try:
+                version = client.version(ws, proj, int(str(newest["id"]).rsplit("/", 1)[-1]))
+            except Exception as exc:
+                raise failure(exc, f"version {newest['id']}", "try again, or pass --roboflow_version") from None
+    skeletons = skeletons_of((version or {}).get("version")) if kind.name == "keypoint-detection" else None
     check_class_filter(selection, info.get("classes") or {}, f"{ws}/{proj}")
     try:
         total = fetch_page(client, dataclasses.replace(listing_spec(opts, selection, 0), page_size=1)).total
@@ -336,7 +352,7 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient,
     if selection.active() and not total:
         raise InputError(f"no image of {ws}/{proj} matches {selection.describe()}; check the filter values in "
                          "Roboflow")
-    return info, version_splits, int(total)
+    return info, version_splits, int(total), skeletons
 
 
 def _jwt_role(key: str) -> str | None:
@@ -478,7 +494,7 @@ def check_class_targets(opts: ImportOptions, client: SupabaseClient, mapping: Re
 
 
 def check_supabase(opts: ImportOptions, client: SupabaseClient, url: str, key: str,
-                   mapping: ResolvedMapping) -> tuple[bool, int | None]:
+                   mapping: ResolvedMapping) -> tuple[bool, int | None, tuple[str, ...] | None]:
     key_source = _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)
     probe_supabase(url, key, key_source)
     check_schema(client, url, key_source, MARK_SCHEMA_VERSION if opts.prune_mode == "mark" else SCHEMA_VERSION)
@@ -495,13 +511,22 @@ def check_supabase(opts: ImportOptions, client: SupabaseClient, url: str, key: s
     except PermanentError as exc:
         if exc.kind == "bucket_not_found" or exc.status == 404:
             if opts.create_bucket:
-                return False, None
+                return False, None, None
             raise InputError(f"storage bucket {opts.storage_bucket!r} does not exist at {url}; create it in "
                              "Supabase Storage or pass --create_bucket") from None
         raise _supabase_failure(exc, url, "bucket lookup", key_source) from None
     except TransientError as exc:
         raise _supabase_failure(exc, url, "bucket lookup", key_source) from None
-    return True, bucket.get("file_size_limit")
+    try:
+        limit = size_limit_bytes(bucket.get("file_size_limit"))
+    except ValueError as exc:
+        raise InputError(f"storage bucket {opts.storage_bucket!r}: {exc}; set its file size limit in Supabase "
+                         "Storage") from None
+    allowed = tuple(bucket.get("allowed_mime_types") or ()) or None
+    if allowed and not any(mime_allowed(m, allowed) for m in IMAGE_MIME_TYPES):
+        raise InputError(f"storage bucket {opts.storage_bucket!r} allows only {', '.join(allowed)}, no image type; "
+                         f"allow {', '.join(IMAGE_MIME_TYPES)} (or image/*) in Supabase Storage")
+    return True, limit, allowed
 
 
 def check(opts: ImportOptions, workers: int = 1) -> Checked:
@@ -527,7 +552,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     rf = RoboflowClient(api_url, rf_key, limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit),
                         retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2)
     try:
-        info, version_splits, total = check_roboflow(opts, rf, selection)
+        info, version_splits, total, skeletons = check_roboflow(opts, rf, selection)
     finally:
         rf.close()
     classes = info.get("classes") or {}
@@ -539,7 +564,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     sb = SupabaseClient(supabase_url, sb_key, bucket=opts.storage_bucket, retry=PREFLIGHT_RETRY, timeout=20.0,
                         max_connections=4)
     try:
-        bucket_exists, limit = check_supabase(opts, sb, supabase_url, sb_key, resolved)
+        bucket_exists, limit, allowed_types = check_supabase(opts, sb, supabase_url, sb_key, resolved)
     except httpx.HTTPError as exc:
         raise _supabase_failure(TransientError("connection", str(exc)), supabase_url, "check",
                                 _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)) from None
@@ -553,8 +578,9 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
                               max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
     return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,
                    roboflow, supabase, listing_spec(opts, selection, total), info, version_splits, resolved,
-                   bucket_exists, int(limit) if limit else None, selection, unmapped,
-                   (opts.prune_mode or "delete") if opts.prune else None)
+                   bucket_exists, limit, selection, unmapped,
+                   (opts.prune_mode or "delete") if opts.prune else None,
+                   project_type(info, opts.roboflow_workspace, opts.roboflow_project), skeletons, allowed_types)
 
 
 def prepare_target(checked: Checked) -> dict[str, str | None]:

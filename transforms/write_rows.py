@@ -16,7 +16,7 @@ import apache_beam as beam
 
 from transforms.batch_step import BatchStepFn, run_batch_step
 from transforms.clients.resources import SupabaseConfig, supabase_client
-from transforms.core.convert import ImageRows, build_rows
+from transforms.core.convert import ImageRows, build_rows, label_state
 from transforms.core.records import ImportContext, StoredImage
 from transforms.core.retry import PermanentError
 
@@ -73,6 +73,9 @@ class WriteRowsFn(BatchStepFn):
             self.counter("images_changed" if stored.previously_imported else "images_new")
             self.counter(f"split.{stored.details.split or 'none'}")
             self.counter("annotations_written", len(rows.annotations))
+            self.counter(f"label_state.{label_state(stored.details)}")
+            if rows.keypoints:
+                self.counter("keypoints_written", rows.keypoints)
             for reason, n in rows.dropped_annotations.items():
                 self.counter(f"annotations_dropped.{reason}", n)
             if stored.uploaded:

@@ -155,13 +155,13 @@ class RoboflowApi:
             "splits": stats.splits,
             "colors": dict(self.dataset.colors),
             "classes": stats.classes,
-            "multilabel": False,
+            "multilabel": self.config.multilabel,
         }
 
     def _version_object(self, number: int) -> dict:
         version = self.dataset.versions[number - 1]
         stats = version.stats
-        return {
+        version_object = {
             "id": f"{self.config.workspace}/{self.config.project}/{number}",
             "name": version.name,
             "created": version.created,
@@ -174,6 +174,9 @@ class RoboflowApi:
             "generating": False,
             "progress": 1,
         }
+        if self.config.project_type == "keypoint-detection":
+            version_object["skeletons"] = self.dataset.skeletons()
+        return version_object
 
     def root(self) -> Response:
         return json_response(
@@ -453,9 +456,12 @@ class RoboflowApi:
                 "height": record.height,
                 "boxes": [dict(box) for box in record.boxes],
             }
+        labels: object = list(record.labels)
+        if self.config.labels_shape == "string" and len(record.labels) == 1:
+            labels = record.labels[0]  # an inferred variant of the documented list
         image.update(
             {
-                "labels": list(record.labels),
+                "labels": labels,
                 "split": record.split,
                 "tags": list(record.tags),
                 "created": record.created,
@@ -467,6 +473,8 @@ class RoboflowApi:
                 "embedding": self.embedding(record),
             }
         )
+        if record.user_metadata:  # INFERRED: named like the search field `user_metadata`; details do not document it
+            image["user_metadata"] = dict(record.user_metadata)
         if self.config.details_include_owner:
             image["owner"] = record.owner
         return json_response(200, {"image": image})
