@@ -150,7 +150,8 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     class_ids = preflight.prepare_target(checked)
     context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
                             checked.supabase.bucket, class_ids, checked.max_object_bytes, checked.skeletons,
-                            checked.allowed_mime_types)
+                            checked.allowed_mime_types, checked.tables,
+                            bool(checked.project_type and checked.project_type.multilabel))
     shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
     log.info("importing %s/%s (%d images reported) into dataset %s with %s",

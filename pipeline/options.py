@@ -34,9 +34,11 @@ class ImportOptions(PipelineOptions):
                              "default: $ROBOFLOW_API_KEY")
 
         sb = parser.add_argument_group("Supabase target")
-        sb.add_argument("--dataset_id", help="od_datasets.id to import into (required)")
+        sb.add_argument("--dataset_id", help="od_datasets.id (cls_datasets.id for a classification project) to "
+                        "import into (required)")
         sb.add_argument("--supabase_url", default=None, help="Supabase project URL (default: $SUPABASE_URL)")
-        sb.add_argument("--storage_bucket", default="od-images", help="Storage bucket for the originals")
+        sb.add_argument("--storage_bucket", default=None,
+                        help="Storage bucket for the originals (default od-images; cls-images for classification)")
         sb.add_argument("--create_bucket", action="store_true", default=False,
                         help="Create the bucket when it is missing (private)")
         sb.add_argument("--class_mapping", default=None,

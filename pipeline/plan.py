@@ -120,7 +120,7 @@ def _sample(ids: list[str], n: int) -> list[str]:
 
 
 def _class_plan(checked: preflight.Checked, client: SupabaseClient) -> dict[str, Any]:
-    existing = {row["name"] for row in client.select("od_classes", "name", dataset_id=checked.dataset_id)}
+    existing = {row["name"] for row in client.select(checked.tables.classes, "name", dataset_id=checked.dataset_id)}
     mapping = checked.mapping
     return {
         "unmapped": list(checked.unmapped),
@@ -148,7 +148,7 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
         classes = {c: _search_total(rf, checked, _and(selection, selection_query(Selection(class_name=c))))
                    for c in sorted(checked.project_info.get("classes") or {})}
         imported = {image.roboflow_id: image for image in iter_imported(sb, checked.dataset_id, checked.workspace,
-                                                                          checked.project)}
+                                                                          checked.project, tables=checked.tables)}
         class_plan = _class_plan(checked, sb)
         new = [i for i in listed if i not in imported]
         sizes, latencies, sampled = [], [], []
@@ -186,6 +186,7 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
         "roboflow": {"workspace": checked.workspace, "project": checked.project, "version": checked.version},
         "dataset_id": checked.dataset_id,
         "project_type": checked.project_type.describe() if checked.project_type else None,
+        "target": checked.tables.kind,
         "filters": {k: v for k, v in dataclasses.asdict(selection).items() if v},
         "listing": {"mode": checked.listing.mode, "reported_total": checked.listing.total, "listed": len(listed),
                     "pages": pages},
@@ -264,7 +265,8 @@ def render_plan(plan: dict[str, Any]) -> str:
     if plan["version_splits"] is not None:
         versioned = "  ".join(f"{s} {n:,}" for s, n in plan["version_splits"].items())
         lines.append(f"    version {rf['version']:<8} {versioned}  (the stream imports the current images)")
-    lines.append("  per class          images with at least one box:")
+    lines.append("  per class          images with at least one "
+                 + ("label:" if plan.get("target") == "cls" else "box:"))
     width = max((len(c) for c in plan["classes"]), default=0)
     for name, n in plan["classes"].items():
         lines.append(f"    {name:<{width}}  {n if n is not None else '?':>7}")

@@ -1,8 +1,9 @@
 """What each Roboflow project ``type`` becomes on the platform, decided once in preflight.
 
-The type comes from the project info (``project.type``, ``project.multilabel``). A type the importer
-cannot represent stops the run before any write, with one line: importing it as detection would
-store every image with no label at all.
+The type comes from the project info (``project.type``, ``project.multilabel``): detection,
+segmentation and keypoints go to the object-detection module (``od_*``), classification to the
+classification module (``cls_*``). A type the platform cannot represent stops the run before any
+write, with one line: importing it as detection would store every image with no label at all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from pipeline.errors import InputError
+from transforms.core.tables import CLS, OD, PlatformTables
 
 DETECTION_TYPES = {
     "object-detection": "boxes into od_annotations",
@@ -26,6 +28,14 @@ class ProjectType:
     name: str  # Roboflow's type string
     multilabel: bool
     target: str  # what the import writes, for the plan and the summary
+    tables: PlatformTables = OD
+
+    @property
+    def task_type(self) -> str | None:
+        """The ``cls_datasets.task_type`` a classification project needs."""
+        if self.tables.kind != "cls":
+            return None
+        return "multi_label" if self.multilabel else "single_label"
 
     def describe(self) -> str:
         label = f"{self.name} (multi-label)" if self.multilabel else self.name
@@ -33,18 +43,16 @@ class ProjectType:
 
 
 def project_type(info: dict[str, Any], workspace: str, project: str) -> ProjectType:
-    """The project's type and target, or InputError for a type that cannot be imported into od_*."""
+    """The project's type and target, or InputError for a type the platform has no tables for."""
     name = str(info.get("type") or "object-detection")  # the SDK requires `type`; absent = the oldest kind
     multilabel = bool(info.get("multilabel"))
     if name in DETECTION_TYPES:
         return ProjectType(name, multilabel, DETECTION_TYPES[name])
     if name == CLASSIFICATION:
-        kind = "multi-label" if multilabel else "single-label"
-        raise InputError(f"{workspace}/{project} is a {kind} classification project: its labels belong in the "
-                         "platform's classification module (cls_*), which this importer does not write yet; "
-                         "importing it into od_* would store every image without a label, so nothing was written")
+        per_image = "several classes" if multilabel else "one class"
+        return ProjectType(name, multilabel, f"{per_image} per image into cls_labels (classification module)", CLS)
     raise InputError(f"{workspace}/{project} is a {name!r} project, which the platform has no tables for; the importer "
-                     f"takes {', '.join(DETECTION_TYPES)} projects; nothing was written")
+                     f"takes {', '.join([*DETECTION_TYPES, CLASSIFICATION])} projects; nothing was written")
 
 
 def skeletons_of(version: dict[str, Any] | None) -> dict[str, dict] | None:

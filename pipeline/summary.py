@@ -75,6 +75,7 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
         "dataset_id": checked.dataset_id,
         "roboflow": {"workspace": checked.workspace, "project": checked.project, "version": checked.version},
         "project_type": kind.describe() if (kind := getattr(checked, "project_type", None)) else None,
+        "target": kind.tables.kind if kind else "od",  # od_* or cls_* tables
         "listed": listed,
         "reported_total": reported,
         "missing_from_listing": max(0, reported - listed),
@@ -153,7 +154,8 @@ def render(summary: dict) -> str:
         lines.append(_row("pruned", summary["pruned"], note))
     lines += [
         _row("failed", summary["failed"], "in the dead letters" if summary["failed"] else ""),
-        _row("annotations", summary["annotations"], f"dropped: {dropped}" if dropped else ""),
+        _row("class labels" if summary.get("target") == "cls" else "annotations", summary["annotations"],
+             f"dropped: {dropped}" if dropped else ""),
     ]
     if summary.get("keypoints"):
         lines.append(_row("  keypoints", summary["keypoints"], "normalised, in attributes.keypoints"))

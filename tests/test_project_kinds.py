@@ -1,5 +1,5 @@
 """Project types end to end (issue 14): keypoints kept, null vs unannotated images, box-less semantic
-polygons, and types the platform's od_* tables cannot hold stopping the run before any write."""
+polygons, and a classification project aimed at an od_* dataset stopping the run before any write."""
 
 from __future__ import annotations
 
@@ -122,19 +122,18 @@ def test_semantic_polygons_sent_without_boxes_get_their_boxes_from_the_points(
     assert total == summary["annotations"] > 0
 
 
-@pytest.mark.parametrize("fields, words", [
-    ({"project_type": "classification"}, "single-label classification project"),
-    ({"project_type": "classification", "multilabel": True}, "multi-label classification project"),
-])
-def test_a_classification_project_stops_before_any_write(roboflow_emulator, target, tmp_path, monkeypatch,
-                                                         capsys, fields, words):
+@pytest.mark.parametrize("fields", [{"project_type": "classification"},
+                                    {"project_type": "classification", "multilabel": True}])
+def test_a_classification_project_aimed_at_a_detection_dataset_stops_before_any_write(
+        roboflow_emulator, target, tmp_path, monkeypatch, capsys, fields):
+    """Imported into od_* every image would arrive without a label: the run says where it belongs."""
     emu = roboflow_emulator(image_count=5, **fields)
     monkeypatch.setenv("ROBOFLOW_API_KEY", emu.config.api_key)
     monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", target.service_role_key)
     code = importer.run(importer_args(emu, target, tmp_path, DATASET))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == importer.EXIT_INPUT
-    assert len(err) == 1 and words in err[0] and "nothing was written" in err[0]
+    assert len(err) == 1 and "is not in cls_datasets" in err[0] and "classification dataset" in err[0]
     assert target.sql("select count(*) as n from od_images") == [{"n": 0}]
     assert target.sql(f"select count(*) as n from od_classes where dataset_id = '{DATASET}'") == [{"n": 0}]
     assert target.list_objects(BUCKET) == []

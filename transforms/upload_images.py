@@ -93,7 +93,8 @@ class UploadImagesFn(BatchStepFn):
     def process(self, batch: list[ImageDetails]):
         try:
             existing = self.collect(self._supabase.existing_images, self.context.dataset_id,
-                                    [source_ref(self.context.dataset_id, d.image_id) for d in batch])
+                                    [source_ref(self.context.dataset_id, d.image_id) for d in batch],
+                                    self.context.tables)
         except Exception as exc:
             for details in batch:
                 yield self.dead_letter(details.image_id, exc)

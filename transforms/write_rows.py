@@ -1,4 +1,5 @@
-"""Step 5: write ``od_images``, ``od_annotations`` and ``od_dataset_images`` rows, idempotently.
+"""Step 5: write ``od_images``, ``od_annotations`` and ``od_dataset_images`` rows (their ``cls_*``
+counterparts for a classification project: ``cls_labels`` keyed by class), idempotently.
 
 One batch is four requests: merge-upsert the images (``on_conflict=source_ref``, ids are
 deterministic), merge-upsert the annotations (``dataset_id,image_id,source_key``, content-derived
@@ -35,15 +36,15 @@ class WriteRowsFn(BatchStepFn):
         self._client = self._holder.client
 
     def write(self, group: list[tuple[StoredImage, ImageRows]]) -> None:
-        client = self._client
-        client.upsert("od_images", [rows.image for _, rows in group], on_conflict="source_ref")
-        client.upsert("od_annotations", [a for _, rows in group for a in rows.annotations],
-                      on_conflict="dataset_id,image_id,source_key")
+        client, tables = self._client, self.context.tables
+        client.upsert(tables.images, [rows.image for _, rows in group], on_conflict="source_ref")
+        client.upsert(tables.labels, [a for _, rows in group for a in rows.annotations],
+                      on_conflict=tables.label_conflict)
         for stored, rows in group:
             if stored.previously_imported:
                 client.delete_stale_annotations(self.context.dataset_id, rows.image["id"],
-                                                [a["source_key"] for a in rows.annotations])
-        client.upsert("od_dataset_images", [rows.dataset_image for _, rows in group],
+                                                [a[tables.label_key] for a in rows.annotations], tables)
+        client.upsert(tables.dataset_images, [rows.dataset_image for _, rows in group],
                       on_conflict="dataset_id,image_id")
 
     def write_isolating(self, group: list[tuple[StoredImage, ImageRows]]) -> dict[str, Exception]:

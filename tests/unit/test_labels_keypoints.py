@@ -125,9 +125,17 @@ def test_importable_project_types_name_their_target(info, target):
     assert project_type(info, "ws", "p").target == target
 
 
+@pytest.mark.parametrize("info, task_type", [
+    ({"type": "classification"}, "single_label"),
+    ({"type": "classification", "multilabel": True}, "multi_label"),
+])
+def test_classification_projects_target_the_classification_module(info, task_type):
+    kind = project_type(info, "ws", "p")
+    assert (kind.tables.kind, kind.tables.labels, kind.task_type) == ("cls", "cls_labels", task_type)
+    assert project_type({"type": "object-detection"}, "ws", "p").task_type is None
+
+
 @pytest.mark.parametrize("info, words", [
-    ({"type": "classification"}, "single-label classification"),
-    ({"type": "classification", "multilabel": True}, "multi-label classification"),
     ({"type": "text-image-pairs"}, "'text-image-pairs' project"),
     ({"type": "action-recognition"}, "'action-recognition' project"),
 ])

@@ -22,6 +22,7 @@ from typing import Any
 from transforms.core.records import Box, ImageDetails, ImportContext, Keypoint, StoredImage
 
 SOURCE = "import"
+CLS_SOURCE = "dataset_import"  # cls_images.source has no 'import'; a Roboflow project is a dataset import
 SPLITS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 _NAMESPACE = uuid.UUID("5b0c52ae-52c1-4a9e-9f61-3f0f5b3f7a10")
 MIN_BOX_SIZE = 1e-6  # of the image side; smaller rounds to 0 in a ``real`` column and fails its CHECK
@@ -415,11 +416,21 @@ def label_state(details: ImageDetails) -> str:
     return "null" if details.annotated else "unannotated"
 
 
+def class_names(details: ImageDetails, ctx: ImportContext) -> list[str]:
+    """The Roboflow classes an image's rows are made of: its boxes' labels, or for a classification
+    import its top-level labels."""
+    return list(details.labels) if ctx.tables.kind == "cls" else [b.label for b in details.boxes]
+
+
 def check_classes(details: ImageDetails, ctx: ImportContext) -> None:
-    """Every label must have a mapping entry (a class id or an explicit skip)."""
-    missing = sorted({b.label for b in details.boxes if b.label not in ctx.class_ids})
+    """Every label must have a mapping entry (a class id or an explicit skip); a single-label
+    classification image has at most one."""
+    missing = sorted({name for name in class_names(details, ctx) if name not in ctx.class_ids})
     if missing:
         raise DetailsError("unmapped_class", f"labels with no class mapping entry: {missing}")
+    if ctx.tables.kind == "cls" and not ctx.multilabel and len(details.labels) > 1:
+        raise DetailsError("several_labels", f"{len(details.labels)} labels {list(details.labels)[:5]} on an image "
+                                             "of a single-label project; import into a multi_label cls_datasets row")
 
 
 def import_hash(details: ImageDetails, ctx: ImportContext) -> str:
@@ -428,7 +439,7 @@ def import_hash(details: ImageDetails, ctx: ImportContext) -> str:
         "v": 2,  # 2: labels, null-vs-unannotated, keypoints and user_metadata are part of the rows
         "image": dataclasses.asdict(details) | {"original_url": None},
         "version": ctx.version,
-        "classes": {b.label: ctx.class_ids.get(b.label) for b in details.boxes},
+        "classes": {name: ctx.class_ids.get(name) for name in class_names(details, ctx)},
         "bucket": ctx.bucket,
     }
     blob = json.dumps(canonical, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8")
@@ -457,7 +468,10 @@ class ImageRows:
 
 
 def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> ImageRows:
-    """The ``od_images``, ``od_dataset_images`` and ``od_annotations`` rows of one stored image."""
+    """The ``od_images``, ``od_dataset_images`` and ``od_annotations`` rows of one stored image
+    (the ``cls_*`` rows for a classification import)."""
+    if ctx.tables.kind == "cls":
+        return build_cls_rows(stored, ctx, public_url)
     d = stored.details
     ref = source_ref(ctx.dataset_id, d.image_id)
     image_id = image_uuid(ref)
@@ -502,6 +516,47 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
         )
     # A null image (labelled as holding nothing) is done; an image nobody labelled stays pending.
     status = "annotated" if annotations or label_state(d) == "null" else "pending"
+    dataset_image_row = {
+        "dataset_id": ctx.dataset_id,
+        "image_id": image_id,
+        "status": status,
+        "annotation_count": len(annotations),
+        "split": platform_split(d.split),
+        "import_hash": stored.import_hash,
+    }
+    return ImageRows(_image_row(stored, ctx, public_url, status, SOURCE), dataset_image_row, annotations, dropped,
+                     keypoint_count)
+
+
+def build_cls_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> ImageRows:
+    """The ``cls_images``, ``cls_dataset_images`` and ``cls_labels`` rows (one per class) of one stored
+    image of a classification project. The labels are the details' top-level ``labels``."""
+    d = stored.details
+    image_id = image_uuid(source_ref(ctx.dataset_id, d.image_id))
+    labels: list[dict[str, Any]] = []
+    dropped: dict[str, int] = {}
+    for name in d.labels:
+        class_id = ctx.class_ids.get(name)
+        if class_id is None:
+            dropped["skipped_class"] = dropped.get("skipped_class", 0) + 1
+            continue
+        labels.append({"dataset_id": ctx.dataset_id, "image_id": image_id, "class_id": class_id,
+                       "is_ai_generated": False})
+    status = "labeled" if labels else "pending"
+    dataset_image_row = {
+        "dataset_id": ctx.dataset_id,
+        "image_id": image_id,
+        "status": status,
+        "split": platform_split(d.split) or "unassigned",
+        "import_hash": stored.import_hash,
+    }
+    return ImageRows(_image_row(stored, ctx, public_url, status, CLS_SOURCE), dataset_image_row, labels, dropped)
+
+
+def _image_row(stored: StoredImage, ctx: ImportContext, public_url: str, status: str, source: str) -> dict[str, Any]:
+    """The image row, the same shape in ``od_images`` and ``cls_images``."""
+    d = stored.details
+    ref = source_ref(ctx.dataset_id, d.image_id)
     roboflow = {
         "image_id": d.image_id,
         "workspace": ctx.workspace,
@@ -521,8 +576,8 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
     provenance = [f"roboflow:{ctx.workspace}/{ctx.project}"]
     if ctx.version is not None:
         provenance.append(f"roboflow-version:{ctx.version}")
-    image_row = {
-        "id": image_id,
+    return {
+        "id": image_uuid(ref),
         "filename": stored.storage_path.rsplit("/", 1)[-1],
         "original_filename": pg_text(d.name[:1024]) or None,
         "image_url": public_url,
@@ -530,7 +585,7 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
         "height": stored.height,
         "file_size_bytes": stored.size_bytes,
         "mime_type": stored.mime_type,
-        "source": SOURCE,
+        "source": source,
         "folder": project_folder(ctx.workspace, ctx.project),
         "tags": pg_text(list(dict.fromkeys([*d.tags, *provenance]))),
         "status": status,
@@ -540,12 +595,3 @@ def build_rows(stored: StoredImage, ctx: ImportContext, public_url: str) -> Imag
         "file_hash": stored.file_hash,
         "source_ref": ref,
     }
-    dataset_image_row = {
-        "dataset_id": ctx.dataset_id,
-        "image_id": image_id,
-        "status": status,
-        "annotation_count": len(annotations),
-        "split": platform_split(d.split),
-        "import_hash": stored.import_hash,
-    }
-    return ImageRows(image_row, dataset_image_row, annotations, dropped, keypoint_count)

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from transforms.core.redact import redact
+from transforms.core.tables import OD, PlatformTables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,8 @@ class ImportContext:
     # Keypoint projects: class -> {"names": [...], "edges": [[from, to], ...]} from the version's ``skeletons``
     skeletons: dict[str, dict] | None = None
     allowed_mime_types: tuple[str, ...] | None = None  # the bucket's allowed_mime_types; None = any
+    tables: PlatformTables = OD  # od_* (detection, segmentation, keypoints) or cls_* (classification)
+    multilabel: bool = False  # classification: several labels per image allowed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -223,6 +223,7 @@ class Dataset:
         self._lock = threading.RLock()
         self._deleted: set[int] = set()
         self._box_overrides: dict[int, tuple[dict, ...]] = {}
+        self._label_overrides: dict[int, tuple[str, ...]] = {}
         self._live: list[int] | None = None
         self._stats: ProjectStats | None = None
         self.mutations = 0
@@ -315,6 +316,9 @@ class Dataset:
             if self.config.project_type == "classification":
                 labels = record.labels
             record = replace(record, boxes=boxes, labels=labels, annotated=True)
+        labels = self._label_overrides.get(index)
+        if labels is not None:
+            record = replace(record, labels=labels, annotated=True)
         return record
 
     def generated_facets(self, index: int) -> Facets:
@@ -344,6 +348,9 @@ class Dataset:
         """Live facets: generated ones with any test override of the boxes applied."""
         override = self._box_overrides.get(index)
         facets = self.generated_facets(index)
+        labels = self._label_overrides.get(index)
+        if labels is not None:
+            facets = facets._replace(image_labels=labels, annotated=True)
         if override is None:
             return facets
         box_labels = tuple(box["label"] for box in override)
@@ -474,16 +481,23 @@ class Dataset:
             self._live = None
             self.mutations += 1
 
+    def set_labels(self, image_id: str, labels: list[str]) -> None:
+        """Replace a classification image's labels, as if someone relabelled it between two imports."""
+        self._override(image_id, self._label_overrides, tuple(dict.fromkeys(str(label) for label in labels)))
+
     def set_boxes(self, image_id: str, boxes: list[dict]) -> None:
         """Replace an image's annotation, as if someone relabelled it between two imports."""
-        checked = tuple(_validated_box(box) for box in boxes)
+        self._override(image_id, self._box_overrides, tuple(_validated_box(box) for box in boxes))
+
+    def _override(self, image_id: str, overrides: dict, value: tuple) -> None:
+        """Set a live project image's override, keeping the project counts up to date."""
         with self._lock:
             index = self._index_of.get(image_id)
             if index is None or index >= self.image_count or index in self._deleted:
                 raise KeyError(image_id)
             if self._stats is not None:
                 _apply(self._stats, self.facets(index), -1)
-            self._box_overrides[index] = checked
+            overrides[index] = value
             if self._stats is not None:
                 _apply(self._stats, self.facets(index), +1)
             self.mutations += 1
