@@ -160,7 +160,9 @@ def render(summary: dict) -> str:
     if summary.get("keypoints"):
         lines.append(_row("  keypoints", summary["keypoints"], "normalised, in attributes.keypoints"))
     lines += [
-        _row("null images", summary.get("null_images", 0), "labelled as holding nothing: status annotated"),
+        _row("null images", summary.get("null_images", 0),
+             "labelled with no class: status pending" if summary.get("target") == "cls"
+             else "labelled as holding nothing: status annotated"),
         _row("unannotated", summary.get("unannotated_images", 0), "never labelled in Roboflow: status pending"),
         _row("objects uploaded", summary["objects_uploaded"],
              f"{summary['bytes_uploaded'] / 1e6:,.1f} MB; already present {summary['objects_already_present']:,}"),

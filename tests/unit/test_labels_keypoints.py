@@ -8,7 +8,8 @@ import pytest
 from pipeline.errors import InputError
 from pipeline.project_types import project_type, skeletons_of
 from tests.unit.test_convert import CLASS_PERSON, DETAILS_EXAMPLE, make_ctx, make_stored
-from transforms.core.convert import build_rows, import_hash, label_state, parse_details
+from transforms.core.convert import DetailsError, build_rows, check_classes, import_hash, label_state, parse_details
+from transforms.core.tables import CLS
 
 
 def details_with(**image_fields):
@@ -144,3 +145,38 @@ def test_types_that_cannot_be_represented_stop_with_one_line(info, words):
         project_type(info, "ws", "p")
     assert words in str(caught.value) and "\n" not in str(caught.value)
     assert InputError.exit_code == 2
+
+
+def cls_ctx(multilabel=False):
+    ctx = make_ctx()
+    return type(ctx)(**{**ctx.__dict__, "tables": CLS, "multilabel": multilabel})
+
+
+def test_classification_rows_are_one_label_per_mapped_class():
+    details = parse_details(details_with(labels=["person", "ignored"], annotation={"width": 640, "height": 480,
+                                                                                   "boxes": []}, split="valid"))
+    rows = build_rows(make_stored(details), cls_ctx(multilabel=True), "u")
+    assert rows.annotations == [{"dataset_id": make_ctx().dataset_id, "image_id": rows.image["id"],
+                                 "class_id": CLASS_PERSON, "is_ai_generated": False}]
+    assert rows.dropped_annotations == {"skipped_class": 1}
+    assert (rows.image["status"], rows.image["source"]) == ("labeled", "dataset_import")
+    assert rows.dataset_image == {"dataset_id": make_ctx().dataset_id, "image_id": rows.image["id"],
+                                  "status": "labeled", "split": "val", "import_hash": "cd" * 32}
+    unlabelled = parse_details(details_with(labels=[], split=None))
+    rows = build_rows(make_stored(unlabelled), cls_ctx(), "u")
+    assert rows.annotations == [] and rows.dataset_image["split"] == "unassigned"
+    assert rows.image["status"] == rows.dataset_image["status"] == "pending"
+
+
+def test_classification_checks_labels_not_boxes_and_one_label_when_single():
+    check_classes(parse_details(details_with(labels=["person"])), cls_ctx())
+    with pytest.raises(DetailsError) as unmapped:
+        check_classes(parse_details(details_with(labels=["zebra"])), cls_ctx())
+    assert unmapped.value.kind == "unmapped_class"
+    two = parse_details(details_with(labels=["person", "car"]))
+    with pytest.raises(DetailsError) as several:
+        check_classes(two, cls_ctx())
+    assert several.value.kind == "several_labels"
+    check_classes(two, cls_ctx(multilabel=True))
+    relabelled = parse_details(details_with(labels=["car"]))
+    assert import_hash(parse_details(details_with(labels=["person"])), cls_ctx()) != import_hash(relabelled, cls_ctx())
