@@ -149,9 +149,13 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     if retry_ids is not None:
         checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
     class_ids = preflight.prepare_target(checked)
-    context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
-                            checked.supabase.bucket, class_ids, checked.max_object_bytes,
-                            bucket_public=checked.supabase.bucket_public)
+    context = ImportContext(
+        dataset_id=checked.dataset_id, workspace=checked.workspace, project=checked.project,
+        version=checked.version, bucket=checked.supabase.bucket, class_ids=class_ids,
+        max_object_bytes=checked.max_object_bytes, skeletons=checked.skeletons,
+        allowed_mime_types=checked.allowed_mime_types, tables=checked.tables,
+        multilabel=bool(checked.project_type and checked.project_type.multilabel),
+        bucket_public=checked.supabase.bucket_public)
     shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
     log.info("importing %s/%s (%d images reported) into dataset %s with %s",

@@ -41,14 +41,16 @@ class ImportOptions(PipelineOptions):
                               "$ROBOFLOW_API_KEY")
 
         tgt = parser.add_argument_group("Target", "the Supabase project and dataset")
-        tgt.add_argument("--dataset_id", metavar="UUID", help="od_datasets.id to import into (required, must exist)")
+        tgt.add_argument("--dataset_id", metavar="UUID",
+                         help="od_datasets.id (cls_datasets.id for a classification project) to import into "
+                              "(required, must exist)")
         tgt.add_argument("--supabase_url", default=None, metavar="URL",
                          help="Supabase project URL; default $SUPABASE_URL")
         tgt.add_argument("--class_mapping", default=None, metavar="FILE|auto",
                          help="JSON or YAML [{source_name, target_class_id, create_new, skip, color}], one "
                               "entry per Roboflow class; auto maps each class to a dataset class of the same name")
-        tgt.add_argument("--storage_bucket", default="od-images", metavar="NAME",
-                         help="Storage bucket for the originals")
+        tgt.add_argument("--storage_bucket", default=None, metavar="NAME",
+                         help="Storage bucket for the originals; default od-images, cls-images for classification")
         tgt.add_argument("--create_bucket", action="store_true", default=False,
                          help="create the bucket when it is missing (private)")
         tgt.add_argument("--supabase_key_secret", default=None, metavar="NAME",

@@ -30,7 +30,7 @@ from pipeline import preflight
 from pipeline.options import ImportOptions
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.convert import parse_details
+from transforms.core.convert import ImageDataError, mime_allowed, parse_details, sniff_image
 from transforms.core.ratelimit import AdaptiveRateLimiter
 from transforms.core.redact import redact
 from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, iter_pages, selection_query
@@ -69,11 +69,22 @@ def _and(selection: Selection, term: str) -> Selection:
     return dataclasses.replace(selection, query=" ".join(t for t in (selection.query, term) if t))
 
 
-def _original_size(client: RoboflowClient, checked: preflight.Checked, image_id: str) -> tuple[int, float]:
-    """(bytes of the original, seconds the details call took), without downloading when HEAD tells."""
+def _original_size(client: RoboflowClient, checked: preflight.Checked,
+                   image_id: str) -> tuple[int, float, str | None]:
+    """(bytes of the original, seconds the details call took, its type when the bucket restricts types).
+
+    Without a type restriction a HEAD tells the size; with one the original is downloaded and its
+    type sniffed from the bytes, as the import does (the CDN names every original ``.jpg``)."""
     started = time.monotonic()
     details = parse_details(client.image_details(checked.workspace, checked.project, image_id))
     latency = time.monotonic() - started
+    if checked.allowed_mime_types:
+        data = client.download(details.original_url)
+        try:
+            mime = sniff_image(data).mime_type
+        except ImageDataError:
+            mime = None  # dead-lettered as undecodable by the import, not refused by the bucket
+        return len(data), latency, mime
     try:
         head = requests.head(details.original_url, timeout=15, allow_redirects=True)
         length = int(head.headers.get("Content-Length", "")) if head.ok else None
@@ -81,7 +92,23 @@ def _original_size(client: RoboflowClient, checked: preflight.Checked, image_id:
         length = None
     if not length:
         length = len(client.download(details.original_url))
-    return length, latency
+    return length, latency, None
+
+
+def bucket_refusals(checked: preflight.Checked, sampled: list[tuple[int, str | None]], new: int) -> dict[str, Any]:
+    """How many of the sampled new originals the bucket would refuse (type or size), scaled to all new ones."""
+    types = sorted({m for _, m in sampled if m and not mime_allowed(m, checked.allowed_mime_types)})
+    refused = sum(1 for size, mime in sampled
+                  if (checked.max_object_bytes is not None and size > checked.max_object_bytes)
+                  or (mime and not mime_allowed(mime, checked.allowed_mime_types)))
+    return {
+        "allowed_mime_types": list(checked.allowed_mime_types or ()),
+        "file_size_limit": checked.max_object_bytes,
+        "sampled": len(sampled),
+        "refused_in_sample": refused,
+        "refused_types": types,
+        "refused_estimate": round(new * refused / len(sampled)) if sampled else 0,
+    }
 
 
 def _sample(ids: list[str], n: int) -> list[str]:
@@ -93,7 +120,7 @@ def _sample(ids: list[str], n: int) -> list[str]:
 
 
 def _class_plan(checked: preflight.Checked, client: SupabaseClient) -> dict[str, Any]:
-    existing = {row["name"] for row in client.select("od_classes", "name", dataset_id=checked.dataset_id)}
+    existing = {row["name"] for row in client.select(checked.tables.classes, "name", dataset_id=checked.dataset_id)}
     mapping = checked.mapping
     return {
         "unmapped": list(checked.unmapped),
@@ -121,14 +148,15 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
         classes = {c: _search_total(rf, checked, _and(selection, selection_query(Selection(class_name=c))))
                    for c in sorted(checked.project_info.get("classes") or {})}
         imported = {image.roboflow_id: image for image in iter_imported(sb, checked.dataset_id, checked.workspace,
-                                                                          checked.project)}
+                                                                          checked.project, tables=checked.tables)}
         class_plan = _class_plan(checked, sb)
         new = [i for i in listed if i not in imported]
-        sizes, latencies = [], []
+        sizes, latencies, sampled = [], [], []
         for image_id in _sample(new, sample_size):
-            size, latency = _original_size(rf, checked, image_id)
+            size, latency, mime = _original_size(rf, checked, image_id)
             sizes.append(size)
             latencies.append(latency)
+            sampled.append((size, mime))
     finally:
         rf.close()
         sb.close()
@@ -157,6 +185,8 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
     return {
         "roboflow": {"workspace": checked.workspace, "project": checked.project, "version": checked.version},
         "dataset_id": checked.dataset_id,
+        "project_type": checked.project_type.describe() if checked.project_type else None,
+        "target": checked.tables.kind,
         "filters": {k: v for k, v in dataclasses.asdict(selection).items() if v},
         "listing": {"mode": checked.listing.mode, "reported_total": checked.listing.total, "listed": len(listed),
                     "pages": pages},
@@ -182,7 +212,8 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
             "seconds_estimate": round(calls / rate, 1) if rate else None,
         },
         "class_mapping": class_plan,
-        "bucket": {"name": checked.supabase.bucket, "exists": checked.bucket_exists},
+        "bucket": {"name": checked.supabase.bucket, "exists": checked.bucket_exists,
+                   **bucket_refusals(checked, sampled, len(new) + len(interrupted))},
         "prune": bool(opts.prune),
         "can_run": not reasons,
         "reasons": reasons,
@@ -213,6 +244,7 @@ def render_plan(plan: dict[str, Any]) -> str:
     lines = [
         f"PLAN (nothing written): Roboflow {rf['workspace']}/{rf['project']}{version} -> dataset {plan['dataset_id']}",
         f"  filters            {filters}",
+        *([f"  project type       {plan['project_type']}"] if plan.get("project_type") else []),
         f"  images             {listing['listed']:,} listed ({listing['mode']} listing, {listing['pages']} pages; "
         f"Roboflow reports {listing['reported_total']:,})",
         f"    new              {plan['new']:,}",
@@ -233,7 +265,8 @@ def render_plan(plan: dict[str, Any]) -> str:
     if plan["version_splits"] is not None:
         versioned = "  ".join(f"{s} {n:,}" for s, n in plan["version_splits"].items())
         lines.append(f"    version {rf['version']:<8} {versioned}  (the stream imports the current images)")
-    lines.append("  per class          images with at least one box:")
+    lines.append("  per class          images with at least one "
+                 + ("label:" if plan.get("target") == "cls" else "box:"))
     width = max((len(c) for c in plan["classes"]), default=0)
     for name, n in plan["classes"].items():
         lines.append(f"    {name:<{width}}  {n if n is not None else '?':>7}")
@@ -253,6 +286,14 @@ def render_plan(plan: dict[str, Any]) -> str:
     bucket = plan["bucket"]
     if not bucket["exists"]:
         lines.append(f"  bucket             {bucket['name']} would be created (--create_bucket)")
+    elif bucket["refused_in_sample"]:
+        limits = [f"types {', '.join(bucket['allowed_mime_types'])}" if bucket["allowed_mime_types"] else "",
+                  f"files up to {_size(bucket['file_size_limit'])}" if bucket["file_size_limit"] else ""]
+        types = f": {', '.join(bucket['refused_types'])}" if bucket["refused_types"] else ""
+        lines.append(f"  bucket refuses     ~{bucket['refused_estimate']:,} images ({bucket['refused_in_sample']} of "
+                     f"{bucket['sampled']} sampled{types}; {bucket['name']} takes "
+                     f"{' and '.join(x for x in limits if x)}): they would go to the dead "
+                     "letters; widen the bucket first, or --retry_dead_letters after")
     if plan["can_run"]:
         lines.append("  verdict            the import can run (exit 0)")
     else:

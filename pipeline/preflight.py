@@ -26,17 +26,22 @@ from pipeline.class_mapping import AUTO, MappingEntry, ResolvedMapping, load_cla
 from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV, SUPABASE_URL_ENV
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
+from pipeline.project_types import ProjectType, project_type, skeletons_of
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
 from transforms.clients.roboflow import RoboflowClient, RoboflowError, RoboflowStopped
 from transforms.clients.supabase import SupabaseClient
+from transforms.core.convert import IMAGE_MIME_TYPES, mime_allowed, size_limit_bytes
 from transforms.core.ratelimit import AdaptiveRateLimiter
 from transforms.core.redact import redact
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
 from transforms.core.secrets import MissingSecret, SecretRef
+from transforms.core.tables import OD, PlatformTables
 from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, selection_body, selection_query
 
 SCHEMA_VERSION = 4
 MARK_SCHEMA_VERSION = 5  # --prune_mode mark writes od_dataset_images.source_missing_at
+CLS_SCHEMA_VERSION = 6  # classification imports: the cls_* keys of 0006
+CLS_MIGRATION = "pipeline/migrations/0006_classification_import.sql"
 PREFLIGHT_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=4.0, max_elapsed=20.0)
 # The first Supabase request only tells whether anything answers: a few quick tries, not 20 s.
 PROBE_RETRY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, max_elapsed=6.0)
@@ -68,6 +73,13 @@ class Checked:
     selection: Selection = Selection()
     unmapped: tuple[str, ...] = ()  # --plan only: Roboflow classes the mapping misses (an error otherwise)
     prune: str | None = None  # --prune: "delete" or "mark"; None: no pruning
+    project_type: ProjectType | None = None
+    skeletons: dict[str, dict] | None = None  # keypoint projects: class -> names and edges
+    allowed_mime_types: tuple[str, ...] | None = None  # the bucket's; None: any type
+
+    @property
+    def tables(self) -> PlatformTables:
+        return self.project_type.tables if self.project_type else OD
 
 
 class _CommandLineParser(_BeamArgumentParser):
@@ -163,8 +175,9 @@ def check_options(opts: ImportOptions) -> None:
     if opts.roboflow_version is not None and opts.roboflow_version <= 0:
         raise InputError(f"--roboflow_version must be a positive integer (got {opts.roboflow_version}); "
                          "pass a version number shown in Roboflow, or omit it")
-    if not opts.storage_bucket:
-        raise InputError("--storage_bucket is empty; omit it for the default od-images")
+    if opts.storage_bucket is not None and not opts.storage_bucket:
+        raise InputError("--storage_bucket is empty; omit it for the default (od-images, or cls-images for a "
+                         "classification project)")
 
 
 def selection_of(opts: ImportOptions) -> Selection:
@@ -287,8 +300,9 @@ def _roboflow_failure(exc: Exception, what: str, fix: str, api_url: str, key_sou
 
 
 def check_roboflow(opts: ImportOptions, client: RoboflowClient,
-                   selection: Selection | None = None) -> tuple[dict, dict | None, int]:
-    """Workspace, project and version exist; returns project info, version splits, listing total.
+                   selection: Selection | None = None) -> tuple[dict, dict | None, int, dict | None]:
+    """Workspace, project and version exist and the project's type can be imported; returns project
+    info, version splits, listing total and (keypoint projects) the version's skeletons.
 
     The total is what Roboflow's search reports for the selected images, so a filtered run is
     complete when it imports those (not the whole project)."""
@@ -311,7 +325,8 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient,
         raise failure(exc, f"project {ws}/{proj}",
                       f"check --roboflow_project (workspace has: {', '.join(known[:10]) or 'no projects'})") from None
     info = project.get("project") or {}
-    version_splits = None
+    kind = project_type(info, ws, proj)
+    version_splits = version = None
     if opts.roboflow_version is not None:
         available = sorted(int(str(v.get("id", "")).rsplit("/", 1)[-1]) for v in project.get("versions", [])
                            if str(v.get("id", "")).rsplit("/", 1)[-1].isdigit())
@@ -323,6 +338,15 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient,
         except Exception as exc:
             raise failure(exc, f"version {opts.roboflow_version}", "check --roboflow_version") from None
         version_splits = (version.get("version") or {}).get("splits")
+    elif kind.name == "keypoint-detection":  # keypoint names and skeletons are described per version
+        newest = max((v for v in project.get("versions", []) if str(v.get("id", "")).rsplit("/", 1)[-1].isdigit()),
+                     key=lambda v: int(str(v["id"]).rsplit("/", 1)[-1]), default=None)
+        if newest is not None:
+            try:
+                version = client.version(ws, proj, int(str(newest["id"]).rsplit("/", 1)[-1]))
+            except Exception as exc:
+                raise failure(exc, f"version {newest['id']}", "try again, or pass --roboflow_version") from None
+    skeletons = skeletons_of((version or {}).get("version")) if kind.name == "keypoint-detection" else None
     check_class_filter(selection, info.get("classes") or {}, f"{ws}/{proj}")
     try:
         total = fetch_page(client, dataclasses.replace(listing_spec(opts, selection, 0), page_size=1)).total
@@ -336,7 +360,7 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient,
     if selection.active() and not total:
         raise InputError(f"no image of {ws}/{proj} matches {selection.describe()}; check the filter values in "
                          "Roboflow")
-    return info, version_splits, int(total)
+    return info, version_splits, int(total), skeletons
 
 
 def _jwt_role(key: str) -> str | None:
@@ -448,12 +472,12 @@ def check_schema(client: SupabaseClient, url: str, key_source: str, required: in
 
 
 def check_class_targets(opts: ImportOptions, client: SupabaseClient, mapping: ResolvedMapping, url: str,
-                        key_source: str) -> None:
+                        key_source: str, tables: PlatformTables = OD) -> None:
     """Every target_class_id is a class of this dataset or a shared (dataset-less) one."""
     if not mapping.to_check:
         return
     try:
-        rows = client.select("od_classes", "id,dataset_id", id=sorted(mapping.to_check))
+        rows = client.select(tables.classes, "id,dataset_id", id=sorted(mapping.to_check))
     except (PermanentError, TransientError) as exc:
         raise _supabase_failure(exc, url, "class lookup", key_source) from None
     owner = {row["id"]: row.get("dataset_id") for row in rows}
@@ -469,39 +493,80 @@ def check_class_targets(opts: ImportOptions, client: SupabaseClient, mapping: Re
     unknown = sorted(mapping.to_check - set(owner))
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise InputError(f"class mapping {which(unknown[0])}{more} is not in od_classes; use an existing class id "
-                         "or set create_new: true")
+        raise InputError(f"class mapping {which(unknown[0])}{more} is not in {tables.classes}; use an existing class "
+                         "id or set create_new: true")
     foreign = sorted(i for i, dataset in owner.items() if dataset not in (None, opts.dataset_id))
     if foreign:
         raise InputError(f"class mapping {which(foreign[0])} is a class of another dataset; use a class of dataset "
                          f"{opts.dataset_id} or a shared one, or set create_new: true")
 
 
-def check_supabase(opts: ImportOptions, client: SupabaseClient, url: str, key: str,
-                   mapping: ResolvedMapping) -> tuple[bool, int | None]:
-    key_source = _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)
-    probe_supabase(url, key, key_source)
-    check_schema(client, url, key_source, MARK_SCHEMA_VERSION if opts.prune_mode == "mark" else SCHEMA_VERSION)
+def check_cls_schema(client: SupabaseClient, url: str, key_source: str) -> None:
+    """The classification tables carry the importer's keys (migration 0006)."""
     try:
-        found = client.select("od_datasets", "id", id=opts.dataset_id)
+        version = client.rpc("cls_import_schema_version", {})
+    except (PermanentError, TransientError) as exc:
+        text = str(exc)
+        if "PGRST202" in text or "42883" in text or getattr(exc, "status", None) == 404:
+            version = None
+        else:
+            raise _supabase_failure(exc, url, "schema check", key_source) from None
+    if not isinstance(version, int) or version < CLS_SCHEMA_VERSION:
+        raise InputError("the database schema is not migrated for classification imports (no "
+                         f"cls_import_schema_version() {CLS_SCHEMA_VERSION}); apply {CLS_MIGRATION}")
+
+
+def check_dataset(opts: ImportOptions, client: SupabaseClient, url: str, key_source: str,
+                  kind: ProjectType) -> None:
+    """The dataset exists in the project type's module, and a classification dataset's task_type fits."""
+    tables = kind.tables
+    try:
+        found = client.select(tables.datasets, "id,task_type" if kind.task_type else "id", id=opts.dataset_id)
     except (PermanentError, TransientError) as exc:
         raise _supabase_failure(exc, url, "dataset lookup", key_source) from None
     if not found:
-        raise InputError(f"dataset {opts.dataset_id} is not in od_datasets at {url}; create it in the platform "
-                         "first or check --dataset_id")
-    check_class_targets(opts, client, mapping, url, key_source)
+        module = "classification" if kind.task_type else "object-detection"
+        raise InputError(f"dataset {opts.dataset_id} is not in {tables.datasets} at {url}; a {kind.name} project "
+                         f"imports into a {module} dataset: create one in the platform first or check --dataset_id")
+    task_type = found[0].get("task_type") if kind.task_type else None
+    if kind.task_type and task_type != kind.task_type:
+        raise InputError(f"dataset {opts.dataset_id} has task_type {task_type!r} but {opts.roboflow_workspace}/"
+                         f"{opts.roboflow_project} is a {kind.task_type.replace('_', '-')} classification project; "
+                         f"import into a {kind.task_type} cls_datasets row")
+
+
+def check_supabase(opts: ImportOptions, client: SupabaseClient, url: str, key: str,
+                   mapping: ResolvedMapping, kind: ProjectType | None = None,
+                   ) -> tuple[bool, int | None, tuple[str, ...] | None]:
+    kind = kind or ProjectType("object-detection", False, "")
+    key_source = _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)
+    probe_supabase(url, key, key_source)
+    check_schema(client, url, key_source, MARK_SCHEMA_VERSION if opts.prune_mode == "mark" else SCHEMA_VERSION)
+    if kind.tables.kind == "cls":
+        check_cls_schema(client, url, key_source)
+    check_dataset(opts, client, url, key_source, kind)
+    check_class_targets(opts, client, mapping, url, key_source, kind.tables)
     try:
         bucket = client.bucket_info()
     except PermanentError as exc:
         if exc.kind == "bucket_not_found" or exc.status == 404:
             if opts.create_bucket:
-                return False, None
-            raise InputError(f"storage bucket {opts.storage_bucket!r} does not exist at {url}; create it in "
+                return False, None, None
+            raise InputError(f"storage bucket {client.bucket!r} does not exist at {url}; create it in "
                              "Supabase Storage or pass --create_bucket") from None
         raise _supabase_failure(exc, url, "bucket lookup", key_source) from None
     except TransientError as exc:
         raise _supabase_failure(exc, url, "bucket lookup", key_source) from None
-    return True, bucket.get("file_size_limit")
+    try:
+        limit = size_limit_bytes(bucket.get("file_size_limit"))
+    except ValueError as exc:
+        raise InputError(f"storage bucket {client.bucket!r}: {exc}; set its file size limit in Supabase "
+                         "Storage") from None
+    allowed = tuple(bucket.get("allowed_mime_types") or ()) or None
+    if allowed and not any(mime_allowed(m, allowed) for m in IMAGE_MIME_TYPES):
+        raise InputError(f"storage bucket {client.bucket!r} allows only {', '.join(allowed)}, no image type; "
+                         f"allow {', '.join(IMAGE_MIME_TYPES)} (or image/*) in Supabase Storage")
+    return True, limit, allowed
 
 
 def check(opts: ImportOptions, workers: int = 1) -> Checked:
@@ -527,7 +592,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     rf = RoboflowClient(api_url, rf_key, limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit),
                         retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2)
     try:
-        info, version_splits, total = check_roboflow(opts, rf, selection)
+        info, version_splits, total, skeletons = check_roboflow(opts, rf, selection)
     finally:
         rf.close()
     classes = info.get("classes") or {}
@@ -536,10 +601,12 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
         mapping = [*mapping, *(MappingEntry(name, skip=True) for name in unmapped)]
     resolved = resolve_mapping(mapping, classes, info.get("colors") or {})
 
-    sb = SupabaseClient(supabase_url, sb_key, bucket=opts.storage_bucket, retry=PREFLIGHT_RETRY, timeout=20.0,
+    kind = project_type(info, opts.roboflow_workspace, opts.roboflow_project)
+    bucket = opts.storage_bucket or kind.tables.default_bucket
+    sb = SupabaseClient(supabase_url, sb_key, bucket=bucket, retry=PREFLIGHT_RETRY, timeout=20.0,
                         max_connections=4)
     try:
-        bucket_exists, limit = check_supabase(opts, sb, supabase_url, sb_key, resolved)
+        bucket_exists, limit, allowed_types = check_supabase(opts, sb, supabase_url, sb_key, resolved, kind)
         bucket_public = bool(bucket_exists and sb.bucket_public)  # --create_bucket creates it private
     except httpx.HTTPError as exc:
         raise _supabase_failure(TransientError("connection", str(exc)), supabase_url, "check",
@@ -550,12 +617,13 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     per_worker_rate = opts.roboflow_rate_limit / max(1, workers) if opts.roboflow_rate_limit else None
     roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate,
                               pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
-    supabase = SupabaseConfig(supabase_url, sb_ref, bucket=opts.storage_bucket, bucket_public=bucket_public,
+    supabase = SupabaseConfig(supabase_url, sb_ref, bucket=bucket, bucket_public=bucket_public,
                               max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
     return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,
                    roboflow, supabase, listing_spec(opts, selection, total), info, version_splits, resolved,
-                   bucket_exists, int(limit) if limit else None, selection, unmapped,
-                   (opts.prune_mode or "delete") if opts.prune else None)
+                   bucket_exists, limit, selection, unmapped,
+                   (opts.prune_mode or "delete") if opts.prune else None,
+                   kind, skeletons, allowed_types)
 
 
 def prepare_target(checked: Checked) -> dict[str, str | None]:
@@ -566,13 +634,14 @@ def prepare_target(checked: Checked) -> dict[str, str | None]:
         if not checked.bucket_exists:
             sb.create_bucket()
         class_ids = dict(checked.mapping.class_ids)
+        classes = checked.tables.classes
         if checked.mapping.to_create:
             rows = [{"dataset_id": checked.dataset_id, "name": name, "display_name": name, "color": color}
                     for name, color in sorted(checked.mapping.to_create.items())]
-            sb.upsert("od_classes", rows, on_conflict="dataset_id,name", ignore_duplicates=True)
+            sb.upsert(classes, rows, on_conflict="dataset_id,name", ignore_duplicates=True)
             # Read the dataset's classes and match in Python: PostgREST's in.(...) filter loses leading
             # blanks of unquoted values, so a class named " leading" would be created but not found.
-            found = [r for r in sb.select("od_classes", "id,name", dataset_id=checked.dataset_id)
+            found = [r for r in sb.select(classes, "id,name", dataset_id=checked.dataset_id)
                      if r["name"] in checked.mapping.to_create]
             class_ids.update({r["name"]: r["id"] for r in found})
             missing = sorted(set(checked.mapping.to_create) - {r["name"] for r in found})
@@ -588,6 +657,6 @@ def refresh_counters(checked: Checked) -> None:
     sb = SupabaseClient(checked.supabase.url, checked.supabase.service_key.resolve(),
                         bucket=checked.supabase.bucket, retry=PREFLIGHT_RETRY)
     try:
-        sb.rpc("od_refresh_dataset_counters", {"p_dataset_id": checked.dataset_id})
+        sb.rpc(checked.tables.refresh_counters, {"p_dataset_id": checked.dataset_id})
     finally:
         sb.close()

@@ -94,6 +94,8 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
     summary: dict[str, Any] = {
         "dataset_id": checked.dataset_id,
         "roboflow": {"workspace": checked.workspace, "project": checked.project, "version": checked.version},
+        "project_type": kind.describe() if (kind := getattr(checked, "project_type", None)) else None,
+        "target": kind.tables.kind if kind else "od",  # od_* or cls_* tables
         "listed": listed,
         "reported_total": reported,
         "missing_from_listing": max(0, reported - listed),
@@ -105,6 +107,10 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
         "failed": failed,
         "unaccounted": listed - (written + unchanged + failed),
         "annotations": counters.get("annotations_written", 0),
+        "keypoints": counters.get("keypoints_written", 0),
+        # Of the imported images: labelled as holding nothing (status annotated) vs never labelled (pending).
+        "null_images": counters.get("label_state.null", 0),
+        "unannotated_images": counters.get("label_state.unannotated", 0),
         "annotations_dropped": _group(counters, "annotations_dropped."),
         "objects_uploaded": counters.get("objects_uploaded", 0),
         "objects_already_present": counters.get("objects_exists", 0),
@@ -158,6 +164,7 @@ def render(summary: dict) -> str:
     lines = [
         f"Roboflow {rf['workspace']}/{rf['project']} -> dataset {summary['dataset_id']}: {ok}",
         f"  {'filters':<22}{filters}",
+        *([f"  {'project type':<22}{summary['project_type']}"] if summary.get("project_type") else []),
         _row("listed", summary["listed"], f"Roboflow reported {summary['reported_total']:,}"
              + (f", {missing:,} missing from the listing" if missing else "")
              + (f", {summary['listing_pages_failed']} listing pages lost" if summary["listing_pages_failed"] else "")),
@@ -178,7 +185,16 @@ def render(summary: dict) -> str:
         lines.append(_row("pruned", summary["pruned"], note))
     lines += [
         _row("failed", summary["failed"], "in the dead letters" if summary["failed"] else ""),
-        _row("annotations", summary["annotations"], f"dropped: {dropped}" if dropped else ""),
+        _row("class labels" if summary.get("target") == "cls" else "annotations", summary["annotations"],
+             f"dropped: {dropped}" if dropped else ""),
+    ]
+    if summary.get("keypoints"):
+        lines.append(_row("  keypoints", summary["keypoints"], "normalised, in attributes.keypoints"))
+    lines += [
+        _row("null images", summary.get("null_images", 0),
+             "labelled with no class: status pending" if summary.get("target") == "cls"
+             else "labelled as holding nothing: status annotated"),
+        _row("unannotated", summary.get("unannotated_images", 0), "never labelled in Roboflow: status pending"),
         _row("objects uploaded", summary["objects_uploaded"],
              f"{summary['bytes_uploaded'] / 1e6:,.1f} MB; already present {summary['objects_already_present']:,}"),
         _row("time", f"{summary['seconds']:,.1f} s", f"{summary['images_per_second'] or 0:,.1f} images/s"),

@@ -34,3 +34,25 @@ def check_demo(workdir: Path) -> None:
     objects = list((workdir / "demo" / "supabase" / "storage" / "objects" / "od-images").rglob("*.obj"))
     assert len(objects) == 40
     assert str(workdir / "demo" / "supabase" / "storage" / "objects" / "od-images") in result.stdout
+
+
+def test_demo_switch_imports_a_classification_project_into_cls_tables():
+    workdir = Path(tempfile.mkdtemp(prefix="demo-cls-test-"))
+    workdir.chmod(0o755)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.demo", "--images", "30", "--project_type", "classification",
+             "--workdir", str(workdir / "demo")],
+            cwd=REPO, capture_output=True, text=True, timeout=240,
+            env={k: v for k, v in os.environ.items() if k not in ("ROBOFLOW_API_KEY", "SUPABASE_SERVICE_ROLE_KEY")},
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "classification -> one class per image into cls_labels" in result.stdout
+        summary = json.loads((workdir / "demo" / "summary.json").read_text())
+        assert summary["target"] == "cls" and summary["imported"] == 30 and summary["failed"] == 0
+        assert 0 < summary["annotations"] == 30 - summary["unannotated_images"]
+        objects = list((workdir / "demo" / "supabase" / "storage" / "objects" / "cls-images").rglob("*.obj"))
+        assert len(objects) == 30
+        assert f"'labels': {summary['annotations']}" in result.stdout
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

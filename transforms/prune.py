@@ -12,6 +12,7 @@ Pruning waits for the listing (side inputs) and happens only when it was complet
 at least Roboflow's total listed, and never on an empty listing (a glitch must not wipe a dataset).
 Otherwise nothing is removed and ``prune_skipped`` says how many would have been. Objects go first
 and ``od_images`` last, so a run stopped half way leaves rows a second run finds and finishes.
+A classification import prunes the same way in its `cls_*` counterparts (migration 0006).
 
     {"listed": ids, "lost_pages": listing_dead_letters} | PruneImages(supabase_config, context, "delete", total)
 """
@@ -30,6 +31,7 @@ from transforms.clients.resources import SupabaseConfig, supabase_client
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.convert import project_folder
 from transforms.core.records import ImportContext
+from transforms.core.tables import OD, PlatformTables
 from transforms.core.tally import count
 
 log = logging.getLogger(__name__)
@@ -59,22 +61,24 @@ def roboflow_id_of(ref: str | None, dataset_id: str) -> str | None:
 
 
 def iter_imported(client: SupabaseClient, dataset_id: str, workspace: str, project: str, *,
-                  with_marks: bool = False, page_size: int = READ_PAGE) -> Iterator[ImportedImage]:
+                  with_marks: bool = False, page_size: int = READ_PAGE,
+                  tables: PlatformTables = OD) -> Iterator[ImportedImage]:
     """Every image of ``dataset_id`` imported from ``workspace/project``, by keyset pages.
 
     A page is asked for until one comes back empty, so a server cap below ``page_size`` (PostgREST
     ``max-rows``) cannot end the walk early.
     """
     columns = "image_id,import_hash" + (",source_missing_at" if with_marks else "") + \
-        ",od_images!inner(source_ref,storage_path,file_size_bytes)"
+        f",{tables.images}!inner(source_ref,storage_path,file_size_bytes)"
     after = None
     while True:
-        rows = client.select_after("od_dataset_images", columns, key="image_id", after=after, limit=page_size,
-                                   dataset_id=dataset_id, **{"od_images.folder": project_folder(workspace, project)})
+        rows = client.select_after(tables.dataset_images, columns, key="image_id", after=after, limit=page_size,
+                                   dataset_id=dataset_id,
+                                   **{f"{tables.images}.folder": project_folder(workspace, project)})
         if not rows:
             return
         for row in rows:
-            image = row.get("od_images") or {}
+            image = row.get(tables.images) or {}
             roboflow_id = roboflow_id_of(image.get("source_ref"), dataset_id)
             if roboflow_id is not None:  # rows linked from another dataset's import are not ours to prune
                 yield ImportedImage(roboflow_id, row["image_id"], image.get("storage_path"), row.get("import_hash"),
@@ -95,7 +99,7 @@ class ReadImportedFn(LeasingDoFn):
     def process(self, ctx: ImportContext):
         with counted():
             images = list(iter_imported(self._client, ctx.dataset_id, ctx.workspace, ctx.project,
-                                        with_marks=self.with_marks))
+                                        with_marks=self.with_marks, tables=ctx.tables))
         count("prune_imported_read", len(images))
         for image in images:
             yield image.roboflow_id, image
@@ -115,9 +119,11 @@ def prune_actions(grouped: tuple[str, dict], mode: str):
 class PruneFn(LeasingDoFn):
     """Batches of actions -> deletes or marks, once the listing is known to be complete."""
 
-    def __init__(self, supabase: SupabaseConfig, dataset_id: str, mode: str, total: int):
+    def __init__(self, supabase: SupabaseConfig, dataset_id: str, mode: str, total: int,
+                 tables: PlatformTables = OD):
         self.supabase = supabase
         self.dataset_id = dataset_id
+        self.tables = tables
         self.mode = mode
         self.total = total
 
@@ -146,7 +152,7 @@ class PruneFn(LeasingDoFn):
                 log.warning("prune of %d images failed: %s", len(stale), exc)
 
     def _update_marks(self, images: list[ImportedImage], value: str | None) -> None:
-        self._client.update_rows("od_dataset_images", {"source_missing_at": value},
+        self._client.update_rows(self.tables.dataset_images, {"source_missing_at": value},
                                  dataset_id=self.dataset_id, image_id=[i.image_id for i in images])
 
     def _mark(self, stale: list[ImportedImage]) -> None:
@@ -158,15 +164,16 @@ class PruneFn(LeasingDoFn):
     def _delete(self, stale: list[ImportedImage]) -> None:
         client = self._client
         ids = [image.image_id for image in stale]
-        shared = {row["image_id"] for row in client.select("od_dataset_images", "image_id,dataset_id", image_id=ids)
+        tables = self.tables
+        shared = {row["image_id"] for row in client.select(tables.dataset_images, "image_id,dataset_id", image_id=ids)
                   if row["dataset_id"] != self.dataset_id}
         own = [image for image in stale if image.image_id not in shared]
         paths = [image.storage_path for image in own if image.storage_path]
         client.remove_objects(paths)
-        client.delete_rows("od_annotations", dataset_id=self.dataset_id, image_id=ids)
+        client.delete_rows(tables.labels, dataset_id=self.dataset_id, image_id=ids)
         if own:
-            client.delete_rows("od_images", id=[image.image_id for image in own])
-        client.delete_rows("od_dataset_images", dataset_id=self.dataset_id, image_id=ids)
+            client.delete_rows(tables.images, id=[image.image_id for image in own])
+        client.delete_rows(tables.dataset_images, dataset_id=self.dataset_id, image_id=ids)
         count("images_pruned", len(stale))
         count("objects_removed", len(paths))
         count("bytes_removed", sum(image.size_bytes or 0 for image in own))
@@ -196,7 +203,8 @@ class PruneImages(beam.PTransform):
             | "Join" >> beam.CoGroupByKey()
             | "Actions" >> beam.FlatMap(prune_actions, self.mode)
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=PRUNE_BATCH)
-            | "Prune" >> beam.ParDo(PruneFn(self.supabase, self.context.dataset_id, self.mode, self.total),
+            | "Prune" >> beam.ParDo(PruneFn(self.supabase, self.context.dataset_id, self.mode, self.total,
+                                            self.context.tables),
                                     listed=beam.pvalue.AsSingleton(listed_count),
                                     lost_pages=beam.pvalue.AsSingleton(lost_count))
         )

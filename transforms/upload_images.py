@@ -4,8 +4,10 @@ Per batch, one lookup tells what earlier runs left: an image whose import hash i
 skipped outright (nothing downloaded, uploaded or written); one whose annotations changed keeps its
 stored object and only has its rows rewritten. Everything else is downloaded (retried when the body
 is short), checked to be an image (content type sniffed from the bytes, not the ``.jpg`` name),
-held against the bucket's size limit and uploaded to ``{dataset}/roboflow/{image id}.{ext}``. A
-re-upload of an object that is already there counts as success.
+held against the bucket's size limit and allowed types (a refused image is dead-lettered without an
+upload attempt, so widening the bucket and ``--retry_dead_letters`` imports it) and uploaded to
+``{dataset}/roboflow/{image id}.{ext}``. A re-upload of an object that is already there counts as
+success.
 
     stored = details | UploadImages(roboflow_config, supabase_config, context, concurrency=20)
 """
@@ -18,7 +20,15 @@ import apache_beam as beam
 
 from transforms.batch_step import BatchStepFn, run_batch_step
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig, roboflow_client, supabase_client
-from transforms.core.convert import ImageDataError, import_hash, sniff_image, source_ref, storage_path
+from transforms.core.convert import (
+    ImageDataError,
+    import_hash,
+    label_state,
+    mime_allowed,
+    sniff_image,
+    source_ref,
+    storage_path,
+)
 from transforms.core.records import ExistingImage, ImageDetails, ImportContext, StoredImage
 from transforms.core.retry import PermanentError, TransientError
 from transforms.core.tally import count
@@ -64,8 +74,12 @@ class UploadImagesFn(BatchStepFn):
         data = self._roboflow.download(details.original_url, validate=checked_image)
         info = sniff_image(data)
         if ctx.max_object_bytes is not None and len(data) > ctx.max_object_bytes:
-            raise PermanentError("too_large", f"{len(data)} bytes is over the bucket limit of "
-                                              f"{ctx.max_object_bytes} bytes")
+            raise PermanentError("too_large", f"{len(data)} bytes is over the bucket's file_size_limit of "
+                                              f"{ctx.max_object_bytes} bytes; raise it, then --retry_dead_letters")
+        if not mime_allowed(info.mime_type, ctx.allowed_mime_types):
+            raise PermanentError("mime_not_allowed", f"{info.mime_type} is not in the bucket's allowed_mime_types "
+                                                     f"{list(ctx.allowed_mime_types or ())}; add it, then "
+                                                     "--retry_dead_letters")
         path = storage_path(ctx.dataset_id, details.image_id, info.extension)
         outcome = self._supabase.upload(path, data, info.mime_type)
         count("bytes_downloaded", len(data))
@@ -77,7 +91,8 @@ class UploadImagesFn(BatchStepFn):
     def process(self, batch: list[ImageDetails]):
         try:
             existing = self.collect(self._supabase.existing_images, self.context.dataset_id,
-                                    [source_ref(self.context.dataset_id, d.image_id) for d in batch])
+                                    [source_ref(self.context.dataset_id, d.image_id) for d in batch],
+                                    self.context.tables)
         except Exception as exc:
             for details in batch:
                 yield self.dead_letter(details.image_id, exc)
@@ -89,6 +104,7 @@ class UploadImagesFn(BatchStepFn):
                 yield self.dead_letter(details.image_id, error)
             elif result is None:
                 count("images_unchanged")
+                count(f"label_state.{label_state(details)}")
                 count(f"split.{details.split or 'none'}")
             else:
                 stored.append(result)

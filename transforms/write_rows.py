@@ -1,4 +1,5 @@
-"""Step 5: write ``od_images``, ``od_annotations`` and ``od_dataset_images`` rows, idempotently.
+"""Step 5: write ``od_images``, ``od_annotations`` and ``od_dataset_images`` rows (their ``cls_*``
+counterparts for a classification project: ``cls_labels`` keyed by class), idempotently.
 
 One batch is four requests: merge-upsert the images (``on_conflict=source_ref``, ids are
 deterministic), merge-upsert the annotations (``dataset_id,image_id,source_key``, content-derived
@@ -16,7 +17,7 @@ import apache_beam as beam
 
 from transforms.batch_step import BatchStepFn, run_batch_step
 from transforms.clients.resources import SupabaseConfig, supabase_client
-from transforms.core.convert import ImageRows, build_rows
+from transforms.core.convert import ImageRows, build_rows, label_state
 from transforms.core.records import ImportContext, StoredImage
 from transforms.core.retry import PermanentError
 from transforms.core.tally import count
@@ -35,15 +36,15 @@ class WriteRowsFn(BatchStepFn):
         self._client = self.lease(supabase_client(self.supabase))
 
     def write(self, group: list[tuple[StoredImage, ImageRows]]) -> None:
-        client = self._client
-        client.upsert("od_images", [rows.image for _, rows in group], on_conflict="source_ref")
-        client.upsert("od_annotations", [a for _, rows in group for a in rows.annotations],
-                      on_conflict="dataset_id,image_id,source_key")
+        client, tables = self._client, self.context.tables
+        client.upsert(tables.images, [rows.image for _, rows in group], on_conflict="source_ref")
+        client.upsert(tables.labels, [a for _, rows in group for a in rows.annotations],
+                      on_conflict=tables.label_conflict)
         for stored, rows in group:
             if stored.previously_imported:
                 client.delete_stale_annotations(self.context.dataset_id, rows.image["id"],
-                                                [a["source_key"] for a in rows.annotations])
-        client.upsert("od_dataset_images", [rows.dataset_image for _, rows in group],
+                                                [a[tables.label_key] for a in rows.annotations], tables)
+        client.upsert(tables.dataset_images, [rows.dataset_image for _, rows in group],
                       on_conflict="dataset_id,image_id")
 
     def write_isolating(self, group: list[tuple[StoredImage, ImageRows]]) -> dict[str, Exception]:
@@ -73,6 +74,9 @@ class WriteRowsFn(BatchStepFn):
             count("images_changed" if stored.previously_imported else "images_new")
             count(f"split.{stored.details.split or 'none'}")
             count("annotations_written", len(rows.annotations))
+            count(f"label_state.{label_state(stored.details)}")
+            if rows.keypoints:
+                count("keypoints_written", rows.keypoints)
             for reason, n in rows.dropped_annotations.items():
                 count(f"annotations_dropped.{reason}", n)
             if stored.uploaded:

@@ -27,6 +27,7 @@ from transforms.core.ratelimit import in_flight_gate
 from transforms.core.records import ExistingImage
 from transforms.core.redact import redact, register_secret
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
+from transforms.core.tables import OD, PlatformTables
 from transforms.core.tally import count
 
 log = logging.getLogger(__name__)
@@ -269,17 +270,18 @@ class SupabaseClient:
             f"upsert {table}",
         )
 
-    def existing_images(self, dataset_id: str, refs: Iterable[str]) -> dict[str, ExistingImage]:
+    def existing_images(self, dataset_id: str, refs: Iterable[str],
+                        tables: PlatformTables = OD) -> dict[str, ExistingImage]:
         """What an earlier run left for these source refs: object, file facts and import hash."""
         refs = list(refs)
         if not refs:
             return {}
         images = self.select(
-            "od_images", "id,source_ref,storage_path,file_hash,file_size_bytes,mime_type,width,height",
+            tables.images, "id,source_ref,storage_path,file_hash,file_size_bytes,mime_type,width,height",
             source_ref=refs)
         hashes = {}
         if images:
-            links = self.select("od_dataset_images", "image_id,import_hash", dataset_id=dataset_id,
+            links = self.select(tables.dataset_images, "image_id,import_hash", dataset_id=dataset_id,
                                 image_id=[r["id"] for r in images])
             hashes = {r["image_id"]: r["import_hash"] for r in links}
         return {
@@ -290,29 +292,30 @@ class SupabaseClient:
             for r in images
         }
 
-    def delete_stale_annotations(self, dataset_id: str, image_id: str, keep_keys: list[str]) -> None:
-        """Remove this image's annotations that the new import no longer has.
+    def delete_stale_annotations(self, dataset_id: str, image_id: str, keep_keys: list[str],
+                                 tables: PlatformTables = OD) -> None:
+        """Remove this image's annotations (or class labels) that the new import no longer has.
 
         One ``not.in`` delete when the kept keys fit one request line; for an image with more boxes
         (a ``not in`` cannot be split over requests) the stored keys are read and the stale rows
         deleted by id, in bounded requests.
         """
         if len(list_chunks(keep_keys)) > 1:
-            stored = self.select("od_annotations", "id,source_key", dataset_id=dataset_id, image_id=image_id)
+            stored = self.select(tables.labels, f"id,{tables.label_key}", dataset_id=dataset_id, image_id=image_id)
             keep = set(keep_keys)
-            stale = [row["id"] for row in stored if row["source_key"] not in keep]
+            stale = [row["id"] for row in stored if row[tables.label_key] not in keep]
             if stale:
-                self.delete_rows("od_annotations", id=stale)
+                self.delete_rows(tables.labels, id=stale)
             return
 
         def run() -> None:
-            query = self.postgrest.table("od_annotations").delete(returning="minimal").eq(
+            query = self.postgrest.table(tables.labels).delete(returning="minimal").eq(
                 "dataset_id", dataset_id).eq("image_id", image_id)
             if keep_keys:
-                query = query.not_.in_("source_key", keep_keys)
+                query = query.not_.in_(tables.label_key, keep_keys)
             query.execute()
 
-        self._with_retries(run, "delete stale od_annotations")
+        self._with_retries(run, f"delete stale {tables.labels}")
 
     def rpc(self, function: str, params: dict[str, Any]) -> Any:
         return self._with_retries(lambda: self.postgrest.rpc(function, params).execute().data, f"rpc {function}")

@@ -19,9 +19,10 @@ import re
 import uuid
 from typing import Any
 
-from transforms.core.records import Box, ImageDetails, ImportContext, StoredImage
+from transforms.core.records import Box, ImageDetails, ImportContext, Keypoint, StoredImage
 
 SOURCE = "import"
+CLS_SOURCE = "dataset_import"  # cls_images.source has no 'import'; a Roboflow project is a dataset import
 SPLITS = {"train": "train", "valid": "val", "val": "val", "test": "test"}
 _NAMESPACE = uuid.UUID("5b0c52ae-52c1-4a9e-9f61-3f0f5b3f7a10")
 MIN_BOX_SIZE = 1e-6  # of the image side; smaller rounds to 0 in a ``real`` column and fails its CHECK
@@ -108,11 +109,14 @@ _MAGIC = (
     (b"GIF87a", "image/gif", "gif"),
     (b"GIF89a", "image/gif", "gif"),
     (b"BM", "image/bmp", "bmp"),
+    (b"II*\x00", "image/tiff", "tiff"),  # little-endian TIFF
+    (b"MM\x00*", "image/tiff", "tiff"),  # big-endian TIFF
 )
 
 
 def sniff_image(data: bytes) -> ImageInfo:
-    """Content type from the bytes (Roboflow serves PNG as ``original.jpg``), size from the header.
+    """Content type from the bytes (Roboflow serves every original as ``original.jpg``: JPEG, PNG, WEBP,
+    BMP, TIFF or GIF, since its SDK uploads original bytes unchanged), size from the header.
 
     Raises :class:`ImageDataError` ``undecodable_image`` for bytes that are no image and
     ``truncated_image`` (retryable) when the body ends before the image does.
@@ -140,6 +144,31 @@ def sniff_image(data: bytes) -> ImageInfo:
     if width <= 0 or height <= 0:
         raise ImageDataError("undecodable_image", f"{ext} has no pixels ({width}x{height})")
     return ImageInfo(mime, ext, width, height)
+
+
+IMAGE_MIME_TYPES = tuple(dict.fromkeys(m for _, m, _ in _MAGIC)) + ("image/webp",)
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
+def size_limit_bytes(value: Any) -> int | None:
+    """A bucket's ``file_size_limit`` in bytes: a number, or a string in Supabase's decimal units
+    ("50MB" = 50,000,000 bytes). None (or 0) means no bucket limit."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) or None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?b?)\s*", str(value).lower())
+    if not match:
+        raise ValueError(f"unreadable file_size_limit {value!r}")
+    return int(float(match[1]) * _SIZE_UNITS[match[2] if match[2] in _SIZE_UNITS else match[2] + "b"]) or None
+
+
+def mime_allowed(mime_type: str, allowed: tuple[str, ...] | list[str] | None) -> bool:
+    """Supabase's check: type/subtype compared literally, ``type/*`` wildcards; no list allows all."""
+    if not allowed:
+        return True
+    kind = mime_type.split("/", 1)[0]
+    return any(a == mime_type or a == f"{kind}/*" or a == "*/*" for a in allowed)
 
 
 def _jpeg_scan_start(data: bytes) -> int:
@@ -175,7 +204,9 @@ def _is_truncated(data: bytes, ext: str) -> bool:
         return not data.rstrip(b"\x00")[-12:].startswith(b"\x00\x00\x00\x00IEND")
     if ext == "webp":
         return len(data) < 8 + int.from_bytes(data[4:8], "little")
-    return False
+    if ext == "bmp":  # the file header states the file's size
+        return len(data) < int.from_bytes(data[2:6], "little")
+    return False  # GIF and TIFF state no length; a cut transfer is caught by Content-Length
 
 
 # ---- geometry -------------------------------------------------------------------------------
@@ -215,32 +246,46 @@ def points_to_polygon(points, image_width: int, image_height: int) -> list[dict[
     return polygon if len(polygon) >= 3 else None
 
 
+def keypoints_attribute(box: Box, image_width: int, image_height: int,
+                        skeleton: dict | None) -> tuple[list[dict[str, Any]], int]:
+    """Pixel keypoints -> normalised ``[{"name", "x", "y", "visible"?, "confidence"?}]`` and how many
+    were dropped (coordinates that are no number). Keypoints named by position take the skeleton's
+    vertex name."""
+    names = (skeleton or {}).get("names") or []
+    kept, dropped = [], 0
+    for keypoint in box.keypoints or ():
+        if not _finite(keypoint.x, keypoint.y):
+            dropped += 1
+            continue
+        name = keypoint.name
+        if name.isdigit() and int(name) < len(names):
+            name = names[int(name)]
+        item: dict[str, Any] = {"name": pg_text(name), "x": _clip(keypoint.x / image_width),
+                                "y": _clip(keypoint.y / image_height)}
+        if keypoint.visible is not None:
+            item["visible"] = keypoint.visible
+        if keypoint.confidence is not None:
+            item["confidence"] = keypoint.confidence
+        kept.append(item)
+    return kept, dropped
+
+
 def parse_details(payload: dict[str, Any]) -> ImageDetails:
-    """Roboflow's ``{"image": {...}}`` details body -> :class:`ImageDetails`."""
+    """Roboflow's ``{"image": {...}}`` details body -> :class:`ImageDetails`.
+
+    Only boxes and the top-level ``labels`` are documented; keypoints, polygons of semantic segmentation
+    and ``user_metadata`` are inferred shapes, so their plausible variants are all accepted.
+    """
     image = payload.get("image")
     if not isinstance(image, dict) or not image.get("id"):
         raise DetailsError("bad_details", "details response has no image")
-    annotation = image.get("annotation") or {}
-    boxes = []
-    for raw in annotation.get("boxes") or []:
-        if not isinstance(raw, dict):
-            continue
-        points = raw.get("points")
-        boxes.append(
-            Box(
-                label=str(raw.get("label", raw.get("class", ""))),
-                x=_number(raw.get("x")),
-                y=_number(raw.get("y")),
-                width=_number(raw.get("width")),
-                height=_number(raw.get("height")),
-                points=tuple((_number(p.get("x")), _number(p.get("y"))) for p in points if isinstance(p, dict))
-                if isinstance(points, list)
-                else None,
-            )
-        )
+    raw_annotation = image.get("annotation")
+    annotation = raw_annotation if isinstance(raw_annotation, dict) else {}
+    boxes = tuple(_parse_box(raw) for raw in annotation.get("boxes") or [] if isinstance(raw, dict))
     urls = image.get("urls") or {}
     owner = image.get("owner")
     image_id = str(image["id"])
+    metadata = image.get("user_metadata", image.get("userMetadata"))
     return ImageDetails(
         image_id=image_id,
         name=str(image.get("name") or ""),
@@ -250,10 +295,77 @@ def parse_details(payload: dict[str, Any]) -> ImageDetails:
         created=_finite_or_none(image.get("created")),
         width=_positive_int(annotation.get("width")),
         height=_positive_int(annotation.get("height")),
-        boxes=tuple(boxes),
+        boxes=boxes,
         original_url=repair_original_url(str(urls.get("original") or ""), owner, image_id),
         annotation_key=annotation.get("key"),
+        annotated=isinstance(raw_annotation, dict),
+        labels=parse_labels(image.get("labels")),
+        user_metadata=metadata if isinstance(metadata, dict) and metadata else None,
     )
+
+
+def parse_labels(raw: Any) -> tuple[str, ...]:
+    """Image labels as a list of names, one name, or a list of ``{"label"|"name"|"class": ...}``.
+
+    A string is one label, never split: class names may hold commas."""
+    if raw is None or raw == "":
+        return ()
+    items = [raw] if isinstance(raw, (str, dict)) else raw if isinstance(raw, list) else []
+    labels = []
+    for item in items:
+        if isinstance(item, dict):
+            item = item.get("label", item.get("name", item.get("class")))
+        if item is not None and str(item) != "":
+            labels.append(str(item))
+    return tuple(dict.fromkeys(labels))
+
+
+def _parse_box(raw: dict[str, Any]) -> Box:
+    points = raw.get("points")
+    polygon = (tuple((_number(p.get("x")), _number(p.get("y"))) for p in points if isinstance(p, dict))
+               if isinstance(points, list) else None)
+    x, y, width, height = (_number(raw.get(k)) for k in ("x", "y", "width", "height"))
+    if not _finite(x, y, width, height) and polygon:
+        x, y, width, height = _box_around(polygon)
+    return Box(label=str(raw.get("label", raw.get("class", ""))), x=x, y=y, width=width, height=height,
+               points=polygon, keypoints=_parse_keypoints(raw.get("keypoints")))
+
+
+def _box_around(points: tuple[tuple[float, float], ...]) -> tuple[float, float, float, float]:
+    """Centre-pixel box enclosing a polygon (a segmentation shape sent without its box)."""
+    usable = [(px, py) for px, py in points if _finite(px, py)]
+    if not usable:
+        return math.nan, math.nan, math.nan, math.nan
+    xs, ys = [p[0] for p in usable], [p[1] for p in usable]
+    return (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
+
+
+def _parse_keypoints(raw: Any) -> tuple[Keypoint, ...] | None:
+    """``[{x, y, class|name, class_id, visible|confidence}]`` (inference's shape) or COCO's flat
+    ``[x, y, v, ...]``; unnamed keypoints are named by position (the skeleton names them later)."""
+    if not isinstance(raw, list) or not raw:
+        return None
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+        return tuple(Keypoint(str(i // 3), _number(raw[i]), _number(raw[i + 1]), _visibility(raw[i + 2]))
+                     for i in range(0, len(raw) - 2, 3))
+    keypoints = []
+    for position, item in enumerate(raw):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("class", item.get("name", item.get("class_name")))
+        if name is None or str(name) == "":
+            name = item.get("class_id", position)
+        confidence = _finite_or_none(item.get("confidence"))
+        keypoints.append(Keypoint(str(name), _number(item.get("x")), _number(item.get("y")),
+                                  _visibility(item.get("visible", item.get("visibility"))), confidence))
+    return tuple(keypoints)
+
+
+def _visibility(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return 2 if value else 1
+    number = _number(value)
+    return int(number) if math.isfinite(number) and number in (0, 1, 2) else None
 
 
 def _number(value: Any) -> float:
@@ -297,20 +409,37 @@ def pg_text(value: Any) -> Any:
 
 # ---- hashes and rows ------------------------------------------------------------------------
 
+def label_state(details: ImageDetails) -> str:
+    """``null`` (labelled, nothing in it), ``unannotated`` (nobody labelled it) or ``labelled``."""
+    if details.boxes or details.labels:
+        return "labelled"
+    return "null" if details.annotated else "unannotated"
+
+
+def class_names(details: ImageDetails, ctx: ImportContext) -> list[str]:
+    """The Roboflow classes an image's rows are made of: its boxes' labels, or for a classification
+    import its top-level labels."""
+    return list(details.labels) if ctx.tables.kind == "cls" else [b.label for b in details.boxes]
+
+
 def check_classes(details: ImageDetails, ctx: ImportContext) -> None:
-    """Every label must have a mapping entry (a class id or an explicit skip)."""
-    missing = sorted({b.label for b in details.boxes if b.label not in ctx.class_ids})
+    """Every label must have a mapping entry (a class id or an explicit skip); a single-label
+    classification image has at most one."""
+    missing = sorted({name for name in class_names(details, ctx) if name not in ctx.class_ids})
     if missing:
         raise DetailsError("unmapped_class", f"labels with no class mapping entry: {missing}")
+    if ctx.tables.kind == "cls" and not ctx.multilabel and len(details.labels) > 1:
+        raise DetailsError("several_labels", f"{len(details.labels)} labels {list(details.labels)[:5]} on an image "
+                                             "of a single-label project; import into a multi_label cls_datasets row")
 
 
 def import_hash(details: ImageDetails, ctx: ImportContext) -> str:
     """Fingerprint of everything the rows are made of, so unchanged images are skipped on re-runs."""
     canonical = {
-        "v": 1,
+        "v": 2,  # 2: labels, null-vs-unannotated, keypoints and user_metadata are part of the rows
         "image": dataclasses.asdict(details) | {"original_url": None},
         "version": ctx.version,
-        "classes": {b.label: ctx.class_ids.get(b.label) for b in details.boxes},
+        "classes": {name: ctx.class_ids.get(name) for name in class_names(details, ctx)},
         # The image_url kind is part of the rows: rows written with a public-object URL into a private bucket
         # (it answers "Bucket not found") are rewritten by the next run, without downloading anything again.
         "bucket": ctx.bucket if ctx.bucket_public else f"{ctx.bucket} (authenticated url)",
@@ -321,7 +450,10 @@ def import_hash(details: ImageDetails, ctx: ImportContext) -> str:
 
 def annotation_source_key(box: Box, seen: dict[str, int]) -> str:
     """Content-derived key: an unchanged box keeps its row across re-imports; a moved box gets a new one."""
-    blob = json.dumps([box.label, box.x, box.y, box.width, box.height, box.points], default=str)
+    parts = [box.label, box.x, box.y, box.width, box.height, box.points]
+    if box.keypoints:  # only then, so boxes without keypoints keep the keys earlier runs wrote
+        parts.append([dataclasses.astuple(k) for k in box.keypoints])
+    blob = json.dumps(parts, default=str)
     digest = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
     n = seen.get(digest, 0)
     seen[digest] = n + 1
@@ -334,10 +466,14 @@ class ImageRows:
     dataset_image: dict[str, Any]
     annotations: list[dict[str, Any]]
     dropped_annotations: dict[str, int]
+    keypoints: int = 0
 
 
 def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> ImageRows:
-    """The ``od_images``, ``od_dataset_images`` and ``od_annotations`` rows of one stored image."""
+    """The ``od_images``, ``od_dataset_images`` and ``od_annotations`` rows of one stored image
+    (the ``cls_*`` rows for a classification import)."""
+    if ctx.tables.kind == "cls":
+        return build_cls_rows(stored, ctx, image_url)
     d = stored.details
     ref = source_ref(ctx.dataset_id, d.image_id)
     image_id = image_uuid(ref)
@@ -345,6 +481,7 @@ def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> Image
     annotations: list[dict[str, Any]] = []
     dropped: dict[str, int] = {}
     seen: dict[str, int] = {}
+    keypoint_count = 0
     for box in d.boxes:
         class_id = ctx.class_ids.get(box.label)
         if class_id is None:
@@ -354,6 +491,16 @@ def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> Image
         if bbox is None:
             dropped["invalid_geometry"] = dropped.get("invalid_geometry", 0) + 1
             continue
+        attributes: dict[str, Any] = {"roboflow_label": pg_text(box.label)}
+        if box.keypoints:
+            skeleton = (ctx.skeletons or {}).get(box.label)
+            keypoints, lost = keypoints_attribute(box, width, height, skeleton)
+            attributes["keypoints"] = keypoints
+            if skeleton and skeleton.get("edges"):
+                attributes["skeleton"] = skeleton["edges"]
+            keypoint_count += len(keypoints)
+            if lost:
+                dropped["keypoint_invalid_geometry"] = dropped.get("keypoint_invalid_geometry", 0) + lost
         annotations.append(
             {
                 "dataset_id": ctx.dataset_id,
@@ -366,10 +513,52 @@ def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> Image
                 "polygon": points_to_polygon(box.points, width, height),
                 "source_key": annotation_source_key(box, seen),
                 "is_ai_generated": False,
-                "attributes": {"roboflow_label": pg_text(box.label)},
+                "attributes": attributes,
             }
         )
-    status = "annotated" if annotations else "pending"
+    # A null image (labelled as holding nothing) is done; an image nobody labelled stays pending.
+    status = "annotated" if annotations or label_state(d) == "null" else "pending"
+    dataset_image_row = {
+        "dataset_id": ctx.dataset_id,
+        "image_id": image_id,
+        "status": status,
+        "annotation_count": len(annotations),
+        "split": platform_split(d.split),
+        "import_hash": stored.import_hash,
+    }
+    return ImageRows(_image_row(stored, ctx, image_url, status, SOURCE), dataset_image_row, annotations, dropped,
+                     keypoint_count)
+
+
+def build_cls_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> ImageRows:
+    """The ``cls_images``, ``cls_dataset_images`` and ``cls_labels`` rows (one per class) of one stored
+    image of a classification project. The labels are the details' top-level ``labels``."""
+    d = stored.details
+    image_id = image_uuid(source_ref(ctx.dataset_id, d.image_id))
+    labels: list[dict[str, Any]] = []
+    dropped: dict[str, int] = {}
+    for name in d.labels:
+        class_id = ctx.class_ids.get(name)
+        if class_id is None:
+            dropped["skipped_class"] = dropped.get("skipped_class", 0) + 1
+            continue
+        labels.append({"dataset_id": ctx.dataset_id, "image_id": image_id, "class_id": class_id,
+                       "is_ai_generated": False})
+    status = "labeled" if labels else "pending"
+    dataset_image_row = {
+        "dataset_id": ctx.dataset_id,
+        "image_id": image_id,
+        "status": status,
+        "split": platform_split(d.split) or "unassigned",
+        "import_hash": stored.import_hash,
+    }
+    return ImageRows(_image_row(stored, ctx, image_url, status, CLS_SOURCE), dataset_image_row, labels, dropped)
+
+
+def _image_row(stored: StoredImage, ctx: ImportContext, image_url: str, status: str, source: str) -> dict[str, Any]:
+    """The image row, the same shape in ``od_images`` and ``cls_images``."""
+    d = stored.details
+    ref = source_ref(ctx.dataset_id, d.image_id)
     roboflow = {
         "image_id": d.image_id,
         "workspace": ctx.workspace,
@@ -381,12 +570,16 @@ def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> Image
         "tags": list(d.tags),
         "created": d.created,
         "annotation_key": d.annotation_key,
+        "labels": list(d.labels),
+        "annotated": d.annotated,
     }
+    if d.user_metadata:
+        roboflow["user_metadata"] = d.user_metadata
     provenance = [f"roboflow:{ctx.workspace}/{ctx.project}"]
     if ctx.version is not None:
         provenance.append(f"roboflow-version:{ctx.version}")
-    image_row = {
-        "id": image_id,
+    return {
+        "id": image_uuid(ref),
         "filename": stored.storage_path.rsplit("/", 1)[-1],
         "original_filename": pg_text(d.name[:1024]) or None,
         "image_url": image_url,
@@ -394,7 +587,7 @@ def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> Image
         "height": stored.height,
         "file_size_bytes": stored.size_bytes,
         "mime_type": stored.mime_type,
-        "source": SOURCE,
+        "source": source,
         "folder": project_folder(ctx.workspace, ctx.project),
         "tags": pg_text(list(dict.fromkeys([*d.tags, *provenance]))),
         "status": status,
@@ -404,12 +597,3 @@ def build_rows(stored: StoredImage, ctx: ImportContext, image_url: str) -> Image
         "file_hash": stored.file_hash,
         "source_ref": ref,
     }
-    dataset_image_row = {
-        "dataset_id": ctx.dataset_id,
-        "image_id": image_id,
-        "status": status,
-        "annotation_count": len(annotations),
-        "split": platform_split(d.split),
-        "import_hash": stored.import_hash,
-    }
-    return ImageRows(image_row, dataset_image_row, annotations, dropped)

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from transforms.core.redact import redact
+from transforms.core.tables import OD, PlatformTables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,13 +25,29 @@ class ImportContext:
     version: int | None
     bucket: str
     class_ids: dict[str, str | None]  # Roboflow class name -> od_classes.id, None = skip
-    max_object_bytes: int | None = None
+    max_object_bytes: int | None = None  # the bucket's file_size_limit
+    # Keypoint projects: class -> {"names": [...], "edges": [[from, to], ...]} from the version's ``skeletons``
+    skeletons: dict[str, dict] | None = None
+    allowed_mime_types: tuple[str, ...] | None = None  # the bucket's allowed_mime_types; None = any
+    tables: PlatformTables = OD  # od_* (detection, segmentation, keypoints) or cls_* (classification)
+    multilabel: bool = False  # classification: several labels per image allowed
     bucket_public: bool = False  # image_url: public-object URL, else the authenticated one (object_url)
 
 
 @dataclasses.dataclass(frozen=True)
+class Keypoint:
+    """One keypoint of a box, in pixels; ``visible`` as COCO's v (0 unlabelled, 1 hidden, 2 visible) when given."""
+
+    name: str
+    x: float
+    y: float
+    visible: int | None = None
+    confidence: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Box:
-    """One Roboflow annotation: centre-pixel box, optional pixel polygon."""
+    """One Roboflow annotation: centre-pixel box, optional pixel polygon and keypoints."""
 
     label: str
     x: float
@@ -38,6 +55,7 @@ class Box:
     width: float
     height: float
     points: tuple[tuple[float, float], ...] | None = None
+    keypoints: tuple[Keypoint, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +73,11 @@ class ImageDetails:
     boxes: tuple[Box, ...]
     original_url: str
     annotation_key: str | None = None
+    # ``annotation`` present: someone labelled the image (``boxes: []`` then means "nothing in it", a null
+    # image); absent: nobody has labelled it yet.
+    annotated: bool = False
+    labels: tuple[str, ...] = ()  # the top-level ``labels`` (classification projects' classes live there)
+    user_metadata: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

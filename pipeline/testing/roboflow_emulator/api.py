@@ -170,13 +170,13 @@ class RoboflowApi:
             "splits": stats.splits,
             "colors": dict(self.dataset.colors),
             "classes": stats.classes,
-            "multilabel": False,
+            "multilabel": self.config.multilabel,
         }
 
     def _version_object(self, number: int) -> dict:
         version = self.dataset.versions[number - 1]
         stats = version.stats
-        return {
+        version_object = {
             "id": f"{self.config.workspace}/{self.config.project}/{number}",
             "name": version.name,
             "created": version.created,
@@ -189,6 +189,9 @@ class RoboflowApi:
             "generating": False,
             "progress": 1,
         }
+        if self.config.project_type == "keypoint-detection":
+            version_object["skeletons"] = self.dataset.skeletons()
+        return version_object
 
     def root(self) -> Response:
         return json_response(
@@ -468,9 +471,12 @@ class RoboflowApi:
                 "height": record.height,
                 "boxes": [dict(box) for box in record.boxes],
             }
+        labels: object = list(record.labels)
+        if self.config.labels_shape == "string" and len(record.labels) == 1:
+            labels = record.labels[0]  # an inferred variant of the documented list
         image.update(
             {
-                "labels": list(record.labels),
+                "labels": labels,
                 "split": record.split,
                 "tags": list(record.tags),
                 "created": record.created,
@@ -482,6 +488,8 @@ class RoboflowApi:
                 "embedding": self.embedding(record),
             }
         )
+        if record.user_metadata:  # INFERRED: named like the search field `user_metadata`; details do not document it
+            image["user_metadata"] = dict(record.user_metadata)
         if self.config.details_include_owner:
             image["owner"] = record.owner
         return json_response(200, {"image": image})

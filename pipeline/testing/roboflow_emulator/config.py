@@ -26,7 +26,12 @@ ZIP_ROUTES = ("zip_link", "zip")
 ALL_ROUTES = API_ROUTES + CDN_ROUTES + ZIP_ROUTES
 ROUTE_GROUPS = {"api": API_ROUTES, "cdn": CDN_ROUTES, "zip": ZIP_ROUTES, "all": ALL_ROUTES}
 
-PROJECT_TYPES = ("object-detection", "instance-segmentation", "classification")
+PROJECT_TYPES = (
+    "object-detection", "instance-segmentation", "semantic-segmentation", "keypoint-detection", "classification",
+)  # fmt: skip
+KEYPOINT_SHAPES = ("objects", "flat")
+OTHER_FORMATS = ("webp", "bmp", "tiff", "gif")  # what Roboflow's SDK uploads unchanged besides JPEG and PNG
+LABELS_SHAPES = ("list", "string")
 EXPORT_FORMATS = ("coco", "coco-segmentation", "yolov5pytorch", "yolov7pytorch", "yolov8", "yolov9", "yolov11")
 
 
@@ -60,6 +65,15 @@ class EmulatorConfig:
         default=(), metadata=_doc("more valid keys (each gets its own rate-limit bucket)")
     )
     project_type: str = field(default="object-detection", metadata=_doc(f"one of {', '.join(PROJECT_TYPES)}"))
+    multilabel: bool = field(default=False, metadata=_doc("classification: several labels per image"))
+    keypoint_shape: str = field(
+        default="objects",
+        metadata=_doc("keypoints in details (inferred, undocumented): 'objects' [{x, y, class, class_id, visible}] "
+                      "or 'flat' COCO [x, y, v, ...]"),
+    )
+    labels_shape: str = field(
+        default="list", metadata=_doc("top-level labels of a single-label image: 'list' or 'string' (inferred variant)")
+    )
     versions: int = field(default=2, metadata=_doc("dataset versions; version k snapshots the first k/N images"))
     class_count: int = field(default=0, metadata=_doc("number of classes; 0 = seeded choice in 5..8"))
     hostile_class_names: bool = field(
@@ -69,6 +83,13 @@ class EmulatorConfig:
         default=0.1, metadata=_doc("fraction of images with odd names (../, a/b, 300 chars, quotes, unicode)")
     )
     png_fraction: float = field(default=0.1, metadata=_doc("fraction of originals that are PNG (served as .jpg)"))
+    other_format_fraction: float = field(
+        default=0.0,
+        metadata=_doc("fraction of originals in one of other_formats (served as .jpg too; the real share is unknown)"),
+    )
+    other_formats: tuple[str, ...] = field(
+        default=OTHER_FORMATS, metadata=_doc(f"formats of those originals, from {', '.join(OTHER_FORMATS)}")
+    )
     empty_fraction: float = field(default=0.15, metadata=_doc("fraction of images with no boxes"))
     max_boxes: int = field(default=6, metadata=_doc("most boxes on one image"))
     image_kb_min: int = field(default=5, metadata=_doc("smallest original in KiB (a floor: tiny bases stay tiny)"))
@@ -97,6 +118,15 @@ class EmulatorConfig:
         self.extra_api_keys = tuple(self.extra_api_keys)
         if self.project_type not in PROJECT_TYPES:
             raise ValueError(f"project_type must be one of {PROJECT_TYPES}, not {self.project_type!r}")
+        self.other_formats = tuple(self.other_formats)
+        if not set(self.other_formats) <= set(OTHER_FORMATS) or not self.other_formats:
+            raise ValueError(f"other_formats must be a non-empty subset of {OTHER_FORMATS}")
+        if not 0 <= self.png_fraction + self.other_format_fraction <= 1:
+            raise ValueError("png_fraction + other_format_fraction must be within [0, 1]")
+        if self.keypoint_shape not in KEYPOINT_SHAPES:
+            raise ValueError(f"keypoint_shape must be one of {KEYPOINT_SHAPES}")
+        if self.labels_shape not in LABELS_SHAPES:
+            raise ValueError(f"labels_shape must be one of {LABELS_SHAPES}")
         if self.image_count < 0 or self.versions < 1:
             raise ValueError("image_count must be >= 0 and versions >= 1")
         if not 0 < self.image_kb_min <= self.image_kb_max:

@@ -63,6 +63,9 @@ ODD_NAMES = (
     "UPPER CASE.JPEG",
     "Robert'); DROP TABLE images;--.jpg",
 )
+# Keypoint projects: every class shares this skeleton (vertex ids start at 1, as in the version's `skeletons`).
+KEYPOINT_NAMES = ("head", "left", "right", "tail")
+KEYPOINT_EDGES = ((1, 2), (1, 3), (1, 4))
 _SIZE_CHOICES = [size for size, _ in IMAGE_SIZES]
 _SIZE_WEIGHTS = [weight for _, weight in IMAGE_SIZES]
 _EPOCH_MS = 1_690_000_000_000
@@ -220,6 +223,7 @@ class Dataset:
         self._lock = threading.RLock()
         self._deleted: set[int] = set()
         self._box_overrides: dict[int, tuple[dict, ...]] = {}
+        self._label_overrides: dict[int, tuple[str, ...]] = {}
         self._live: list[int] | None = None
         self._stats: ProjectStats | None = None
         self.mutations = 0
@@ -312,6 +316,9 @@ class Dataset:
             if self.config.project_type == "classification":
                 labels = record.labels
             record = replace(record, boxes=boxes, labels=labels, annotated=True)
+        labels = self._label_overrides.get(index)
+        if labels is not None:
+            record = replace(record, labels=labels, annotated=True)
         return record
 
     def generated_facets(self, index: int) -> Facets:
@@ -321,9 +328,17 @@ class Dataset:
         roll = (digest[0] << 8 | digest[1]) / 65536
         split = "train" if roll < 0.7 else "valid" if roll < 0.9 else "test"
         tags = tuple(tag for offset, tag in enumerate(TAGS) if digest[4 + offset] < 40)
-        image_format = "png" if (digest[11] << 8 | digest[12]) / 65536 < config.png_fraction else "jpeg"
+        format_roll = (digest[11] << 8 | digest[12]) / 65536
+        image_format = "png" if format_roll < config.png_fraction else "jpeg"
+        if config.png_fraction <= format_roll < config.png_fraction + config.other_format_fraction:
+            image_format = config.other_formats[digest[60] % len(config.other_formats)]
         if config.project_type == "classification":
-            return Facets(split, tags, (), (self._label_table[digest[13]],), image_format)
+            labels = (self._label_table[digest[13]],)
+            if config.multilabel:
+                labels = tuple(sorted({self._label_table[b] for b in digest[13 : 14 + digest[3] % 3]}))
+            if digest[2] / 256 < config.empty_fraction:  # never labelled yet
+                return Facets(split, tags, (), (), image_format, annotated=False)
+            return Facets(split, tags, (), labels, image_format)
         if digest[2] / 256 < config.empty_fraction:
             return Facets(split, tags, (), (), image_format, annotated=bool(digest[3] & 1))
         box_labels = tuple(self._label_table[b] for b in digest[13 : 14 + digest[3] % config.max_boxes])
@@ -333,6 +348,9 @@ class Dataset:
         """Live facets: generated ones with any test override of the boxes applied."""
         override = self._box_overrides.get(index)
         facets = self.generated_facets(index)
+        labels = self._label_overrides.get(index)
+        if labels is not None:
+            facets = facets._replace(image_labels=labels, annotated=True)
         if override is None:
             return facets
         box_labels = tuple(box["label"] for box in override)
@@ -350,8 +368,7 @@ class Dataset:
         created_ms = created_ms_of(index, rng.randrange(_SLOT_MS))
         byte_size = rng.randint(config.image_kb_min * 1024, config.image_kb_max * 1024)
         name = self._make_name(rng, index, facets.image_format)
-        segmentation = config.project_type == "instance-segmentation"
-        boxes = tuple(self._make_box(rng, label, width, height, segmentation) for label in facets.box_labels)
+        boxes = self._make_boxes(rng, facets.box_labels, width, height)
         return ImageRecord(
             id=self._ids[index],
             index=index,
@@ -375,7 +392,7 @@ class Dataset:
     def _make_name(self, rng: random.Random, index: int, image_format: str) -> str:
         if rng.random() < self.config.odd_name_fraction:
             return rng.choice(ODD_NAMES)
-        extension = ".png" if image_format == "png" else rng.choice((".jpg", ".jpg", ".jpeg", ".JPG"))
+        extension = "." + image_format if image_format != "jpeg" else rng.choice((".jpg", ".jpg", ".jpeg", ".JPG"))
         pattern = rng.randrange(4)
         if pattern == 0:
             return f"IMG_{1000 + index}{extension}"
@@ -384,6 +401,39 @@ class Dataset:
         if pattern == 2:
             return f"photo {index}{extension}"
         return f"caméra_{index}{extension}"
+
+    def _make_boxes(self, rng: random.Random, labels: tuple[str, ...], width: int, height: int) -> tuple[dict, ...]:
+        """Boxes of the project's type. The keypoint and semantic-segmentation shapes of image details are
+        undocumented (roboflow-api.md §7 and addendum): both are INFERRED. Keypoints follow inference's
+        per-detection list; a semantic mask becomes one polygon per class, sent without a box (a mask has
+        none), so the importer has to derive it from the points."""
+        kind = self.config.project_type
+        if kind == "semantic-segmentation":
+            polygons = [self._make_box(rng, label, width, height, True) for label in dict.fromkeys(labels)]
+            return tuple({"label": box["label"], "points": box["points"]} for box in polygons)
+        boxes = [self._make_box(rng, label, width, height, kind == "instance-segmentation") for label in labels]
+        if kind == "keypoint-detection":
+            for box in boxes:
+                box["keypoints"] = self._make_keypoints(rng, box)
+        return tuple(boxes)
+
+    def _make_keypoints(self, rng: random.Random, box: dict) -> list:
+        left, top = box["x"] - box["width"] / 2, box["y"] - box["height"] / 2
+        points = []
+        for class_id, name in enumerate(KEYPOINT_NAMES):
+            x = round(left + rng.random() * box["width"], 1)
+            y = round(top + rng.random() * box["height"], 1)
+            points.append({"x": x, "y": y, "class_id": class_id, "class": name, "visible": rng.choice((1, 2, 2, 2))})
+        if self.config.keypoint_shape == "flat":
+            return [value for p in points for value in (p["x"], p["y"], p["visible"])]
+        return points
+
+    def skeletons(self) -> dict[str, dict]:
+        """The version's ``skeletons`` of a keypoint project (documented shape: vertices, edges, symmetries)."""
+        vertices = [{"id": k + 1, "name": name, "color": "#FF0000", "x": 0.5, "y": 0.5}
+                    for k, name in enumerate(KEYPOINT_NAMES)]
+        edges = [{"from": a, "to": b, "color": "#00FF00"} for a, b in KEYPOINT_EDGES]
+        return {name: {"vertices": vertices, "edges": edges, "symmetries": []} for name in self.classes}
 
     def _make_box(self, rng: random.Random, label: str, width: int, height: int, segmentation: bool) -> dict:
         box_w = rng.randint(max(2, width // 20), max(3, width // 2))
@@ -431,16 +481,23 @@ class Dataset:
             self._live = None
             self.mutations += 1
 
+    def set_labels(self, image_id: str, labels: list[str]) -> None:
+        """Replace a classification image's labels, as if someone relabelled it between two imports."""
+        self._override(image_id, self._label_overrides, tuple(dict.fromkeys(str(label) for label in labels)))
+
     def set_boxes(self, image_id: str, boxes: list[dict]) -> None:
         """Replace an image's annotation, as if someone relabelled it between two imports."""
-        checked = tuple(_validated_box(box) for box in boxes)
+        self._override(image_id, self._box_overrides, tuple(_validated_box(box) for box in boxes))
+
+    def _override(self, image_id: str, overrides: dict, value: tuple) -> None:
+        """Set a live project image's override, keeping the project counts up to date."""
         with self._lock:
             index = self._index_of.get(image_id)
             if index is None or index >= self.image_count or index in self._deleted:
                 raise KeyError(image_id)
             if self._stats is not None:
                 _apply(self._stats, self.facets(index), -1)
-            self._box_overrides[index] = checked
+            overrides[index] = value
             if self._stats is not None:
                 _apply(self._stats, self.facets(index), +1)
             self.mutations += 1
@@ -461,12 +518,18 @@ def box_around_points(label: str, points: list[dict]) -> dict:
 
 
 def _validated_box(box: dict) -> dict:
-    missing = {"label", "x", "y", "width", "height"} - set(box)
-    if missing:
+    """A box needs a label and either its geometry or polygon points (a semantic mask has no box)."""
+    if "label" not in box:
+        raise ValueError("box is missing ['label']")
+    geometry = ("x", "y", "width", "height")
+    missing = set(geometry) - set(box)
+    if missing and "points" not in box:
         raise ValueError(f"box is missing {sorted(missing)}")
-    checked = {key: box[key] for key in ("label", "x", "y", "width", "height")}
+    checked = {key: box[key] for key in ("label", *geometry) if key in box}
     if "points" in box:
         checked["points"] = [{"x": p["x"], "y": p["y"]} for p in box["points"]]
+    if "keypoints" in box:
+        checked["keypoints"] = [dict(k) if isinstance(k, dict) else k for k in box["keypoints"]]
     return checked
 
 

@@ -10,7 +10,7 @@ import re
 import zipfile
 from collections.abc import Callable
 
-from .dataset import SPLITS, ImageRecord, VersionSnapshot
+from .dataset import SPLITS, ImageRecord, VersionSnapshot, box_around_points
 
 YOLO_FORMATS = ("yolov5pytorch", "yolov7pytorch", "yolov8", "yolov9", "yolov11")
 _UNSAFE_STEM = re.compile(r"[^A-Za-z0-9_-]+")
@@ -79,6 +79,8 @@ def _write_coco(archive, version, classes, annotation_group, workspace, project,
             }
         )
         for box in record.boxes:
+            if "x" not in box:  # a semantic mask's polygon: the export's bbox encloses it
+                box = box_around_points(box["label"], box["points"])
             left, top = box["x"] - box["width"] / 2, box["y"] - box["height"] / 2
             segmentation = []
             if "points" in box:
@@ -120,7 +122,7 @@ def _write_yolo(archive, export_format, version, classes, workspace, project, ex
         lines = [
             f"{class_number[b['label']]} {b['x'] / record.width:.6f} {b['y'] / record.height:.6f} "
             f"{b['width'] / record.width:.6f} {b['height'] / record.height:.6f}"
-            for b in record.boxes
+            for b in (box if "x" in box else box_around_points(box["label"], box["points"]) for box in record.boxes)
         ]
         label_name = file_name[: -len(".jpg")] + ".txt"
         archive.writestr(f"{record.split}/labels/{label_name}", "\n".join(lines) + ("\n" if lines else ""))

@@ -2,7 +2,8 @@
 
 Encoding a JPEG per request would cap a benchmark at a few dozen images per second, so each
 (width, height, format) is encoded once and every image gets its own copy with a JPEG COM segment
-(or PNG tEXt chunk) holding its id plus seeded padding up to its target size.
+(PNG tEXt chunk, GIF comment extension, WEBP unknown chunk; bytes after the image data for BMP and
+TIFF, whose offsets are absolute) holding its id plus seeded padding up to its target size.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ def sniff_content_type(data: bytes) -> str:
         return "image/jpeg"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:2] == b"BM":
+        return "image/bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
     return "application/octet-stream"
 
 
@@ -48,7 +55,17 @@ class ImageFactory:
         tag = f"roboflow-emulator id={record.id}".encode()
         if record.image_format == "png":
             return _png_with_text(base, tag, self._padding(record, len(base) + len(tag) + 24))
-        return _jpeg_with_comment(base, tag, self._padding(record, len(base) + len(tag) + 4))
+        if record.image_format == "jpeg":
+            return _jpeg_with_comment(base, tag, self._padding(record, len(base) + len(tag) + 4))
+        filler = self._padding(record, len(base) + len(tag) + 16)
+        if record.image_format == "gif":
+            return _gif_with_comment(base, tag + b" " + filler)
+        if record.image_format == "webp":
+            return _webp_with_chunk(base, tag + b" " + filler)
+        data = base + tag + b" " + filler
+        if record.image_format == "bmp":  # the header's file size covers the trailer
+            data = data[:2] + struct.pack("<I", len(data)) + data[6:]
+        return data
 
     def thumbnail(self, record: ImageRecord) -> bytes:
         key = (record.width, record.height)
@@ -113,9 +130,30 @@ def _encode(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
     if image_format == "png":
         image.save(buffer, "PNG", optimize=True)
+    elif image_format == "webp":
+        image.save(buffer, "WEBP", quality=60)
+    elif image_format == "bmp":
+        image.save(buffer, "BMP")
+    elif image_format == "tiff":
+        image.save(buffer, "TIFF", compression="tiff_lzw")
+    elif image_format == "gif":
+        image.convert("P").save(buffer, "GIF")
     else:
         image.save(buffer, "JPEG", quality=60)
     return buffer.getvalue()
+
+
+def _gif_with_comment(gif: bytes, text: bytes) -> bytes:
+    """A comment extension (sub-blocks of up to 255 bytes) just before the trailer byte."""
+    blocks = b"".join(bytes([len(text[i:i + 255])]) + text[i:i + 255] for i in range(0, len(text), 255))
+    return gif[:-1] + b"\x21\xfe" + blocks + b"\x00" + gif[-1:]
+
+
+def _webp_with_chunk(webp: bytes, data: bytes) -> bytes:
+    """An unknown RIFF chunk after the image's (decoders skip it); the RIFF size covers it."""
+    chunk = b"XPAD" + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) % 2 else b"")
+    body = webp[8:] + chunk
+    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 def _jpeg_with_comment(jpeg: bytes, tag: bytes, padding: bytes) -> bytes:

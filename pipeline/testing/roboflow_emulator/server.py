@@ -449,6 +449,9 @@ def control_route(state: EmulatorState, method: str, path: str, raw_body: bytes)
             if action == "boxes" and method in ("PUT", "POST"):
                 state.dataset.set_boxes(image_id, body if isinstance(body, list) else [])
                 return json_response(200, {"updated": image_id})
+            if action == "labels" and method in ("PUT", "POST"):
+                state.dataset.set_labels(image_id, body if isinstance(body, list) else [])
+                return json_response(200, {"updated": image_id})
     except KeyError as error:
         return json_response(404, {"error": f"unknown image {error}"})
     except (TypeError, ValueError) as error:
