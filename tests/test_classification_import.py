@@ -4,6 +4,7 @@ Python call."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -149,13 +150,15 @@ def test_the_python_call_imports_a_classification_project(roboflow_emulator, cle
     emu = roboflow_emulator(image_count=12, project_type="classification", seed=33)
     for name in ("ROBOFLOW_API_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    api = RoboflowStreamingImporter(target.url, target.service_role_key, roboflow_api_url=emu.api_url)
-    result = api.import_dataset(emu.config.api_key, emu.config.workspace, emu.config.project, None, DATASET, "auto")
+    api = RoboflowStreamingImporter(supabase_url=target.url, supabase_key=target.service_role_key,
+                                    roboflow_api_url=emu.api_url)
+    result = asyncio.run(api.import_dataset(emu.config.api_key, emu.config.workspace, emu.config.project, None,
+                                            DATASET, "auto"))
     assert result.complete and result.counts["imported"] == 12
     assert result.summary["target"] == "cls"
     assert_rows_match(emu, target)
     with pytest.raises(ImportInputError) as caught:
-        api.import_dataset(emu.config.api_key, emu.config.workspace, emu.config.project, None,
-                           "c1a55000-0000-4000-8000-000000000000", "auto")
+        asyncio.run(api.import_dataset(emu.config.api_key, emu.config.workspace, emu.config.project, None,
+                                       "c1a55000-0000-4000-8000-000000000000", "auto"))
     assert "is not in cls_datasets" in str(caught.value)
     assert json.dumps(result.summary).count(emu.config.api_key) == 0
