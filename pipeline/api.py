@@ -96,8 +96,13 @@ class RoboflowStreamingImporter:
 
     def import_dataset(self, api_key: str, workspace: str, project: str, version: int | None, dataset_id: str,
                        class_mapping: list[dict[str, Any]] | str, concurrency: int = 20,
-                       progress_callback: Callable[[Progress], object] | None = None) -> ImportResult:
+                       progress_callback: Callable[[Progress], object] | None = None, *,
+                       job_id: str | None = None, change_detection: str = "exact") -> ImportResult:
         """Import ``workspace/project`` into ``dataset_id``; raises :class:`ImportInputError` before any write.
+
+        ``job_id`` names the run in ``od_import_runs`` (``--run_id``); a call after an interrupted one
+        with the same source and target resumes it whatever the job id. ``change_detection``:
+        ``"exact"`` or ``"listing"`` (``--change_detection``).
 
         ``class_mapping``: the platform's list of ``{source_name, target_class_id, create_new, skip,
         color}`` (every Roboflow class needs one entry), or ``"auto"``. ``progress_callback(Progress)``
@@ -137,6 +142,10 @@ class RoboflowStreamingImporter:
             ]
             if version is not None:
                 argv += ["--roboflow_version", str(version)]
+            if job_id is not None:
+                argv += ["--run_id", str(job_id)]
+            if change_detection != "exact":
+                argv += ["--change_detection", str(change_detection)]
             if self.roboflow_api_url:
                 argv += ["--roboflow_api_url", self.roboflow_api_url]
             argv += self.pipeline_args

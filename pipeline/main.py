@@ -29,14 +29,14 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import launch, plan, preflight
+from pipeline import launch, plan, preflight, runs
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, write_summary
 from transforms.batch_images import BatchImages
 from transforms.batch_step import DEAD_LETTER, NAMESPACE, note_listed, set_progress_sink
-from transforms.core.records import ImportContext
+from transforms.core.records import ImportContext, ListedImage
 from transforms.core.redact import install_log_redaction, redact
 from transforms.dead_letters import WriteDeadLetters, dead_letter_files, read_dead_letters, remove_dead_letters
 from transforms.fetch_details import FetchDetails
@@ -60,13 +60,15 @@ REFUSED_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "switchingdirectru
 def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: ImportContext,
                    opts: ImportOptions, shards: int, retry_ids: list[str] | None = None) -> None:
     if retry_ids is None:
-        listed = p | "Project" >> beam.Create([checked.listing]) | "ListImages" >> ListImages(checked.roboflow)
+        listed = (p | "Project" >> beam.Create([checked.listing])
+                  | "ListImages" >> ListImages(checked.roboflow, context))
     else:  # --retry_dead_letters: exactly the images an earlier run could not import
-        listed = {"ok": p | "DeadLetterIds" >> beam.Create(retry_ids) | "CountListed" >> beam.Map(count_listed),
+        listed = {"ok": (p | "DeadLetterIds" >> beam.Create([ListedImage(i) for i in retry_ids])
+                         | "CountListed" >> beam.Map(count_listed)),
                   DEAD_LETTER: p | "NoListing" >> beam.Create([])}
     batches = (listed["ok"] | "NoteListed" >> beam.Map(note_listed)
                | "BatchImages" >> BatchImages(opts.batch_size, shards))
-    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency)
+    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency, checked.supabase)
     stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
                                                             opts.concurrency)
     written = stored["ok"] | "WriteRows" >> WriteRows(checked.supabase, context)
@@ -76,8 +78,18 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
         | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path)
     )
     if checked.prune:  # after a complete listing only; see transforms/prune.py
-        ({"listed": listed["ok"], "lost_pages": listed[DEAD_LETTER]}
+        ({"listed": listed["ok"] | "ListedIds" >> beam.Map(lambda image: image.image_id),
+          "lost_pages": listed[DEAD_LETTER]}
          | "PruneImages" >> PruneImages(checked.supabase, context, checked.prune, checked.listing.total))
+
+
+# The summary's figures kept with the finished run in od_import_runs.summary.
+RUN_RECORD = ("listed", "imported", "new", "changed", "unchanged", "failed", "complete", "details", "seconds")
+
+
+def run_facts(run: runs.Run, change_detection: str) -> dict:
+    return {"id": run.id, "name": run.name, "resumed": run.resuming, "attempt": run.attempts,
+            "change_detection": change_detection}
 
 
 def images_to_retry(directory: str) -> list[str]:
@@ -148,12 +160,18 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     if retry_ids is not None:
         checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
     class_ids = preflight.prepare_target(checked)
+    with preflight.target_client(checked) as sb:
+        run = runs.start_run(sb, checked.dataset_id, runs.source_of(checked.workspace, checked.project),
+                             runs.scope_of(checked.selection, retry_ids is not None), opts.run_id,
+                             opts.change_detection)
     context = ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
-                            checked.supabase.bucket, class_ids, checked.max_object_bytes)
+                            checked.supabase.bucket, class_ids, checked.max_object_bytes, run_id=run.id,
+                            resuming=run.resuming, change_detection=opts.change_detection)
     shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
-    log.info("importing %s/%s (%d images reported) into dataset %s with %s",
-             checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner)
+    log.info("importing %s/%s (%d images reported) into dataset %s with %s, run %s%s",
+             checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner, run.id,
+             f" (resumed, attempt {run.attempts})" if run.resuming else "")
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
@@ -173,7 +191,10 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
 
             preflight.refresh_counters(checked)
             summary = build_summary(counters_of(result), checked=checked, seconds=time.monotonic() - started,
-                                    dead_letter_files=dead_letter_files(opts.dead_letter_path))
+                                    dead_letter_files=dead_letter_files(opts.dead_letter_path),
+                                    run=run_facts(run, opts.change_detection))
+            with preflight.target_client(checked) as sb:
+                runs.finish_run(sb, run, {k: summary[k] for k in RUN_RECORD})
             write_summary(opts.summary_path, summary)
             reporter.finish(final_progress(summary, tracker))
     finally:

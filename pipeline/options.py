@@ -55,6 +55,14 @@ class ImportOptions(PipelineOptions):
                          help="Concurrent requests per worker process")
         run.add_argument("--retry_dead_letters", default=None,
                          help="Directory of an earlier run's dead letters: re-import exactly those images")
+        run.add_argument("--run_id", default=None,
+                         help="Name of this run in od_import_runs, e.g. the platform's job id. An interrupted run "
+                              "is resumed by the next run of the same source, target and filters, whatever its name")
+        run.add_argument("--change_detection", choices=("exact", "listing"), default="exact",
+                         help="exact (default): one details call per listed image tells whether it changed; "
+                              "listing: only new images and images whose search-listing summary (class counts, "
+                              "split, tags, name, metadata) changed get one; a box moved without changing the "
+                              "class counts is not seen until an exact sync")
         run.add_argument("--shards", type=int, default=None,
                          help="Batch key shards (default: 4 x workers)")
         run.add_argument("--quiet", action="store_true", default=False,

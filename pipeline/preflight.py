@@ -10,11 +10,13 @@ idempotently.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import difflib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -37,8 +39,8 @@ from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, s
 ROBOFLOW_KEY_ENV = "ROBOFLOW_API_KEY"
 SUPABASE_KEY_ENV = "SUPABASE_SERVICE_ROLE_KEY"
 SUPABASE_URL_ENV = "SUPABASE_URL"
-SCHEMA_VERSION = 4
 MARK_SCHEMA_VERSION = 5  # --prune_mode mark writes od_dataset_images.source_missing_at
+SCHEMA_VERSION = 7  # every run records itself in od_import_runs and writes 0007's link columns
 PREFLIGHT_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=4.0, max_elapsed=20.0)
 # The first Supabase request only tells whether anything answers: a few quick tries, not 20 s.
 PROBE_RETRY = RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=2.0, max_elapsed=6.0)
@@ -47,7 +49,9 @@ MIGRATIONS = {
     2: "pipeline/migrations/0002_idempotent_import.sql",
     4: "pipeline/migrations/0004_import_tracking.sql",
     5: "pipeline/migrations/0005_source_missing.sql",
+    7: "pipeline/migrations/0007_import_runs.sql",
 }
+MAX_RUN_ID = 200
 IMPORT_COLUMNS = "id,source_ref,storage_bucket,storage_path,file_hash"  # added by 0002
 
 
@@ -167,6 +171,10 @@ def check_options(opts: ImportOptions) -> None:
                          "pass a version number shown in Roboflow, or omit it")
     if not opts.storage_bucket:
         raise InputError("--storage_bucket is empty; omit it for the default od-images")
+    run_id = opts.run_id
+    if run_id is not None and not (0 < len(run_id) <= MAX_RUN_ID and run_id.isprintable() and run_id.strip()):
+        raise InputError(f"--run_id must be 1 to {MAX_RUN_ID} printable characters (got {run_id[:40]!r}); pass the "
+                         "platform's job id, or omit it")
 
 
 def selection_of(opts: ImportOptions) -> Selection:
@@ -481,7 +489,7 @@ def check_supabase(opts: ImportOptions, client: SupabaseClient, url: str, key: s
                    mapping: ResolvedMapping) -> tuple[bool, int | None]:
     key_source = _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)
     probe_supabase(url, key, key_source)
-    check_schema(client, url, key_source, MARK_SCHEMA_VERSION if opts.prune_mode == "mark" else SCHEMA_VERSION)
+    check_schema(client, url, key_source, max(SCHEMA_VERSION, MARK_SCHEMA_VERSION))
     try:
         found = client.select("od_datasets", "id", id=opts.dataset_id)
     except (PermanentError, TransientError) as exc:
@@ -557,11 +565,20 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
                    (opts.prune_mode or "delete") if opts.prune else None)
 
 
-def prepare_target(checked: Checked) -> dict[str, str | None]:
-    """The first writes: the bucket if asked for, then the mapped classes. Returns name -> class id."""
+@contextlib.contextmanager
+def target_client(checked: Checked) -> Iterator[SupabaseClient]:
+    """A Supabase client for the run's own few requests (classes, run record, counters)."""
     sb = SupabaseClient(checked.supabase.url, checked.supabase.service_key.resolve(),
                         bucket=checked.supabase.bucket, retry=PREFLIGHT_RETRY)
     try:
+        yield sb
+    finally:
+        sb.close()
+
+
+def prepare_target(checked: Checked) -> dict[str, str | None]:
+    """The first writes: the bucket if asked for, then the mapped classes. Returns name -> class id."""
+    with target_client(checked) as sb:
         if not checked.bucket_exists:
             sb.create_bucket()
         class_ids = dict(checked.mapping.class_ids)
@@ -578,15 +595,9 @@ def prepare_target(checked: Checked) -> dict[str, str | None]:
             if missing:
                 raise RuntimeError(f"classes were not created: {missing}")
         return class_ids
-    finally:
-        sb.close()
 
 
 def refresh_counters(checked: Checked) -> None:
     """Recompute the dataset's counters once, after the rows are in (never per row)."""
-    sb = SupabaseClient(checked.supabase.url, checked.supabase.service_key.resolve(),
-                        bucket=checked.supabase.bucket, retry=PREFLIGHT_RETRY)
-    try:
+    with target_client(checked) as sb:
         sb.rpc("od_refresh_dataset_counters", {"p_dataset_id": checked.dataset_id})
-    finally:
-        sb.close()

@@ -13,16 +13,18 @@ re-upload of an object that is already there counts as success.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import apache_beam as beam
 
 from transforms.batch_step import BatchStepFn, run_batch_step
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig, roboflow_client, supabase_client
 from transforms.core.convert import ImageDataError, import_hash, sniff_image, source_ref, storage_path
-from transforms.core.records import ExistingImage, ImageDetails, ImportContext, StoredImage
+from transforms.core.records import ExistingImage, FetchedImage, ImageDetails, ImportContext, StoredImage
 from transforms.core.retry import PermanentError, TransientError
 from transforms.core.tally import count
 
+log = logging.getLogger(__name__)
 
 def checked_image(data: bytes, length_checked: bool = True):
     """Sniff the bytes. An image cut short is retried only when the transfer may have been cut
@@ -53,8 +55,9 @@ class UploadImagesFn(BatchStepFn):
         self._roboflow = self._rf_holder.client
         self._supabase = self._sb_holder.client
 
-    def store(self, item: tuple[ImageDetails, ExistingImage | None]) -> StoredImage | None:
-        details, existing = item
+    def store(self, item: tuple[FetchedImage, ExistingImage | None]) -> StoredImage | None:
+        fetched, existing = item
+        details, listing = fetched.details, fetched.listing_fingerprint
         ctx = self.context
         fingerprint = import_hash(details, ctx)
         if existing is not None and existing.storage_path and existing.import_hash == fingerprint:
@@ -62,7 +65,7 @@ class UploadImagesFn(BatchStepFn):
         if existing is not None and existing.storage_path and existing.file_hash and existing.width:
             return StoredImage(details, existing.storage_path, existing.file_hash, existing.file_size_bytes or 0,
                                existing.mime_type or "image/jpeg", existing.width, existing.height or 0,
-                               fingerprint, uploaded=False, previously_imported=True)
+                               fingerprint, uploaded=False, previously_imported=True, listing_fingerprint=listing)
         data = self._roboflow.download(details.original_url, validate=checked_image)
         info = sniff_image(data)
         if ctx.max_object_bytes is not None and len(data) > ctx.max_object_bytes:
@@ -74,26 +77,39 @@ class UploadImagesFn(BatchStepFn):
         count(f"objects_{outcome}")
         return StoredImage(details, path, hashlib.sha256(data).hexdigest(), len(data), info.mime_type,
                            info.width, info.height, fingerprint, uploaded=outcome == "uploaded",
-                           previously_imported=existing is not None)
+                           previously_imported=existing is not None, listing_fingerprint=listing)
 
-    def process(self, batch: list[ImageDetails]):
+    def process(self, batch: list[FetchedImage | ImageDetails]):
+        batch = [item if isinstance(item, FetchedImage) else FetchedImage(item) for item in batch]
+        dataset_id = self.context.dataset_id
         try:
-            existing = self.collect(self._supabase.existing_images, self.context.dataset_id,
-                                    [source_ref(self.context.dataset_id, d.image_id) for d in batch])
+            existing = self.collect(self._supabase.existing_images, dataset_id,
+                                    [source_ref(dataset_id, f.details.image_id) for f in batch])
         except Exception as exc:
-            for details in batch:
-                yield self.dead_letter(details.image_id, exc)
+            for fetched in batch:
+                yield self.dead_letter(fetched.details.image_id, exc)
             return
-        items = [(d, existing.get(source_ref(self.context.dataset_id, d.image_id))) for d in batch]
-        stored = []
-        for (details, _), result, error in self.run_each(items, self.store):
+        items = [(f, existing.get(source_ref(dataset_id, f.details.image_id))) for f in batch]
+        stored, stale = [], []
+        for (fetched, known), result, error in self.run_each(items, self.store):
+            details = fetched.details
             if error is not None:
                 yield self.dead_letter(details.image_id, error)
             elif result is None:
                 self.counter("images_unchanged")
                 self.counter(f"split.{details.split or 'none'}")
+                if fetched.listing_fingerprint and known.listing_fingerprint != fetched.listing_fingerprint:
+                    stale.append({"dataset_id": dataset_id, "image_id": known.image_id,
+                                  "listing_fingerprint": fetched.listing_fingerprint})
             else:
                 stored.append(result)
+        if stale:  # unchanged rows, new summary (tags, metadata...): else listing mode would refetch them forever
+            try:
+                self.collect(self._supabase.upsert, "od_dataset_images", stale, on_conflict="dataset_id,image_id")
+                self.counter("listing_fingerprints_refreshed", len(stale))
+            except Exception as exc:  # the rows are right; only the next listing sync pays their details again
+                self.counter("listing_fingerprints_refresh_failed", len(stale))
+                log.warning("could not store %d listing fingerprints: %s", len(stale), exc)
         if stored:
             yield stored
 
