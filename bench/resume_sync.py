@@ -81,6 +81,19 @@ def import_once(bench: Bench, dataset_id: str, name: str, *extra: str, kill_at: 
     }
 
 
+def plan_lines(bench: Bench, dataset_id: str, *extra: str) -> list[str]:
+    """The ``--plan`` lines about details calls and the resume (the plan reads only)."""
+    argv = ["-m", "pipeline.main", "--roboflow_workspace", "demo-ws", "--roboflow_project", "demo-project",
+            "--roboflow_api_url", bench.api_url, "--supabase_url", bench.stack.info["url"], "--dataset_id",
+            dataset_id, "--class_mapping", "auto", "--roboflow_rate_limit", str(bench.workload.rate_limit),
+            "--plan", *extra]
+    env = {**os.environ, "ROBOFLOW_API_KEY": bench.keys["pipeline"],
+           "SUPABASE_SERVICE_ROLE_KEY": bench.stack.info["service_role_key"]}
+    done = subprocess.run([PYTHON, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return [line for line in done.stdout.splitlines()
+            if line.strip().startswith(("details calls", "resumes run", "time "))]
+
+
 def relabel(bench: Bench, count: int) -> list[str]:
     """Give ``count`` images spread over the project 7 boxes of one class (their class counts change)."""
     import requests
@@ -119,10 +132,12 @@ def main() -> int:
         full_target, killed_target = bench.new_dataset("full"), bench.new_dataset("killed")
         full = import_once(bench, full_target, "full")
         killed = import_once(bench, killed_target, "killed", kill_at=n // 2)
+        results["plan_after_kill"] = plan_lines(bench, killed_target)
         resumed = import_once(bench, killed_target, "resumed")
         listing = import_once(bench, full_target, "listing-unchanged", "--change_detection", "listing")
         exact = import_once(bench, full_target, "exact-unchanged")
         changed_ids = relabel(bench, max(1, n // 100))
+        results["plan_after_relabel"] = plan_lines(bench, full_target, "--change_detection", "listing")
         changed = import_once(bench, full_target, "listing-1pct", "--change_detection", "listing")
         rewritten = written_by_run(bench, full_target, changed["summary"]["run"]["id"])
     left = n - killed["rows_after"]
@@ -156,6 +171,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"| {run['name']} | {run['wall_seconds']:.1f} s | {run['api_calls']:,} | "
                      f"{run['details_calls']:,} | {saved} | {run['rows_after']:,} |")
     lines.append(f"images left after the kill: {results['left_after_kill']:,}")
+    for key in ("plan_after_kill", "plan_after_relabel"):
+        lines += [f"{key}:", *results.get(key, [])]
     lines += [f"{'met ' if ok else 'MISSED'}  {name}" for name, ok in results["checks"].items()]
     return "\n".join(lines)
 

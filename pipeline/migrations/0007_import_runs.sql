@@ -28,9 +28,8 @@ comment on table public.od_import_runs is
   'Roboflow import runs: source (roboflow/<workspace>/<project>), scope (filters), run_name (--run_id or the '
   'platform job id), whether it finished. An unfinished run is resumed by the next run of the same key.';
 
-create index if not exists od_import_runs_open on public.od_import_runs (dataset_id, source, scope)
-  where status = 'running';
-create index if not exists od_import_runs_name on public.od_import_runs (run_name) where run_name is not null;
+create index if not exists od_import_runs_key on public.od_import_runs (dataset_id, source, scope, status);
+create index if not exists od_import_runs_name on public.od_import_runs (run_name);
 
 alter table public.od_import_runs enable row level security;
 grant all on table public.od_import_runs to service_role;
