@@ -79,6 +79,10 @@ def details_outcome(counters: dict[str, int], run: dict[str, Any] | None) -> dic
     if run and run.get("resumed"):
         outcome["notes"].append("resumed an interrupted run: the images it had written were not fetched again; any "
                                 "changed in Roboflow since are picked up by the next full sync")
+    if counters.get("listing_summary_unknown"):
+        outcome["notes"].append(f"{counters['listing_summary_unknown']:,} listed images came without a class-count "
+                                "summary (the workspace search of --roboflow_listing token, --split or --query has "
+                                "none) and had their details fetched")
     if run and run.get("change_detection") == "listing":
         outcome["notes"].append("--change_detection listing: images whose listing summary (class counts, split, "
                                 "tags, name, metadata) is unchanged were not fetched; a box moved or resized without "

@@ -81,6 +81,8 @@ class FetchDetailsFn(BatchStepFn):
         items = [item if isinstance(item, ListedImage) else ListedImage(item) for item in batch]
         links = self.links(items)
         to_fetch = []
+        if self.context.change_detection == "listing":
+            self.counter("listing_summary_unknown", sum(1 for item in items if not item.fingerprint))
         for item in items:
             reason = skip_reason(item, links.get(item.image_id), self.context)
             if reason is None:

@@ -257,11 +257,11 @@ def _lost_page(where: str, error: Exception) -> beam.pvalue.TaggedOutput:
 
 
 def agreed(listed: list[ListedImage]) -> ListedImage:
-    """One image listed several times: its fingerprint only if every listing agrees on it."""
-    first = listed[0]
-    if all(item == first for item in listed[1:]):
-        return first
-    return ListedImage(first.image_id, None, first.split)
+    """One image listed several times: its fingerprint only if every listing that had one agrees on it
+    (the workspace search of the completing walk may have none: that is no news, not a change)."""
+    known = {item.fingerprint for item in listed if item.fingerprint}
+    split = next((item.split for item in listed if item.split), None)
+    return ListedImage(listed[0].image_id, known.pop() if len(known) == 1 else None, split)
 
 
 class DistinctImages(beam.PTransform):

@@ -57,6 +57,7 @@ def test_skip_reasons():
 def test_an_image_listed_twice_keeps_its_fingerprint_only_when_the_listings_agree():
     assert agreed([ListedImage("a", "f", "train")] * 2) == ListedImage("a", "f", "train")
     assert agreed([ListedImage("a", "f", "train"), ListedImage("a", "g", "train")]) == ListedImage("a", None, "train")
+    assert agreed([ListedImage("a", None, None), ListedImage("a", "f", "train")]) == ListedImage("a", "f", "train")
 
 
 def test_scope_keys_filtered_and_retry_runs_apart_from_the_whole_project():
