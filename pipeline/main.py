@@ -87,6 +87,16 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
 RUN_RECORD = ("listed", "imported", "new", "changed", "unchanged", "failed", "complete", "details", "seconds")
 
 
+def record_finish(checked: preflight.Checked, run: runs.Run, summary: dict) -> None:
+    """Mark the run finished; if Supabase cannot be told, the rows stand and the next run resumes this one."""
+    try:
+        with preflight.target_client(checked) as sb:
+            runs.finish_run(sb, run, {k: summary[k] for k in RUN_RECORD})
+    except Exception as exc:
+        log.warning("could not mark run %s finished (%s); the next run of this source resumes it", run.id, redact(exc))
+        summary["run"]["finish_recorded"] = False
+
+
 def run_facts(run: runs.Run, change_detection: str) -> dict:
     return {"id": run.id, "name": run.name, "resumed": run.resuming, "attempt": run.attempts,
             "change_detection": change_detection}
@@ -193,8 +203,7 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
             summary = build_summary(counters_of(result), checked=checked, seconds=time.monotonic() - started,
                                     dead_letter_files=dead_letter_files(opts.dead_letter_path),
                                     run=run_facts(run, opts.change_detection))
-            with preflight.target_client(checked) as sb:
-                runs.finish_run(sb, run, {k: summary[k] for k in RUN_RECORD})
+            record_finish(checked, run, summary)
             write_summary(opts.summary_path, summary)
             reporter.finish(final_progress(summary, tracker))
     finally:
