@@ -124,3 +124,27 @@ def test_plan_counts_details_calls_for_both_modes(roboflow_emulator, target, tmp
     assert (modes["listing"]["details_calls"], modes["listing"]["unchanged_summary"]) == (1, 29)
     assert modes["listing"]["seconds_estimate"] == round((pages + 1) / 10, 1)
     assert plan["resume"] is None
+
+
+def test_images_imported_without_a_summary_get_one_on_the_next_sync(roboflow_emulator, target, tmp_path,
+                                                                     monkeypatch):
+    emu = roboflow_emulator(image_count=20, seed=174, image_kb_max=6)
+    code, first, _ = run_import(emu, target, tmp_path / "token", DATASET, "--roboflow_listing", "token",
+                                "--change_detection", "listing", monkeypatch=monkeypatch)
+    assert code == importer.EXIT_OK and first["new"] == 20
+    assert any("20 listed images came without" in note for note in first["details"]["notes"])
+    unknown = (f"select count(*) as n from od_dataset_images where dataset_id = '{DATASET}' "
+               "and listing_fingerprint is null")
+    assert target.sql(unknown)[0]["n"] == 20  # the workspace search gave no class counts
+
+    emu.reset_counters()  # project search pages have them: unchanged images get theirs stored, nothing else
+    code, second, _ = run_import(emu, target, tmp_path / "auto", DATASET, "--change_detection", "listing",
+                                 monkeypatch=monkeypatch)
+    assert code == importer.EXIT_OK and second["unchanged"] == 20 and emu.counters().get("image_details") == 20
+    assert target.sql(unknown)[0]["n"] == 0
+
+    emu.reset_counters()
+    code, third, _ = run_import(emu, target, tmp_path / "again", DATASET, "--change_detection", "listing",
+                                monkeypatch=monkeypatch)
+    assert code == importer.EXIT_OK and third["details"]["skipped"] == {"unchanged_summary": 20}
+    assert emu.counters().get("image_details", 0) == 0

@@ -105,7 +105,8 @@ class UploadImagesFn(BatchStepFn):
                 stored.append(result)
         if stale:  # unchanged rows, new summary (tags, metadata...): else listing mode would refetch them forever
             try:
-                self.collect(self._supabase.upsert, "od_dataset_images", stale, on_conflict="dataset_id,image_id")
+                self.collect(lambda: self._supabase.upsert("od_dataset_images", stale,
+                                                           on_conflict="dataset_id,image_id"))
                 self.counter("listing_fingerprints_refreshed", len(stale))
             except Exception as exc:  # the rows are right; only the next listing sync pays their details again
                 self.counter("listing_fingerprints_refresh_failed", len(stale))
