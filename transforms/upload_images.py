@@ -5,7 +5,9 @@ skipped outright (nothing downloaded, uploaded or written); one whose annotation
 stored object and only has its rows rewritten. Everything else is downloaded (retried when the body
 is short), checked to be an image (content type sniffed from the bytes, not the ``.jpg`` name),
 held against the bucket's size limit and uploaded to ``{dataset}/roboflow/{image id}.{ext}``. A
-re-upload of an object that is already there counts as success.
+re-upload of an object that is already there counts as success. An unchanged image whose listing
+summary is new (its ``user_metadata`` changed, or it was imported without one) only gets that
+fingerprint stored, one upsert per batch, so ``--change_detection listing`` skips it next time.
 
     stored = details | UploadImages(roboflow_config, supabase_config, context, concurrency=20)
 """
@@ -25,6 +27,7 @@ from transforms.core.retry import PermanentError, TransientError
 from transforms.core.tally import count
 
 log = logging.getLogger(__name__)
+
 
 def checked_image(data: bytes, length_checked: bool = True):
     """Sniff the bytes. An image cut short is retried only when the transfer may have been cut
