@@ -40,8 +40,11 @@ Cancelling the awaiting task closes the child's stdin, on which the child exits 
 after :data:`STOP_GRACE` seconds otherwise), and raises :class:`ImportCancelled`. Every write is
 idempotent (deterministic storage paths, upserts on unique keys), so nothing needs undoing: running
 the same import again completes it. That is also what ``checkpoint`` would do: it is accepted for
-the platform's call site and not needed, since a re-run skips what is already imported (as
-``unchanged``).
+the platform's call site and not needed. The run is recorded in ``od_import_runs`` (migration 0007,
+named by ``job_id``), so the next call with the same source and target resumes it: no Roboflow
+details call for the images the interrupted run already wrote, whatever its job id.
+``pipeline_args=["--change_detection", "listing"]`` makes a sync pay details only for images whose
+listing summary changed (README, "Resume and sync").
 """
 
 from __future__ import annotations
@@ -256,6 +259,8 @@ class RoboflowStreamingImporter:
             argv += ["--roboflow_version", str(version)]
         if self.roboflow_api_url:
             argv += ["--roboflow_api_url", self.roboflow_api_url]
+        if self.job_id:  # names the run in od_import_runs; resuming does not depend on it
+            argv += ["--run_id", self.job_id]
         return argv, {"roboflow_key": api_key, "supabase_key": supabase_key}
 
 

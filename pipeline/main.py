@@ -30,7 +30,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import launch, plan, preflight
+from pipeline import launch, plan, preflight, runs
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
@@ -38,7 +38,7 @@ from pipeline.summary import build_summary, counters_of, render, stop_line, writ
 from transforms.batch_images import BatchImages
 from transforms.batch_step import DEAD_LETTER, NAMESPACE, set_progress_sink
 from transforms.clients.roboflow import clear_account_stops
-from transforms.core.records import ImportContext
+from transforms.core.records import ImportContext, ListedImage
 from transforms.core.redact import install_log_redaction, redact
 from transforms.dead_letters import WriteDeadLetters, dead_letter_files, read_dead_letters, remove_dead_letters
 from transforms.fetch_details import FetchDetails
@@ -62,12 +62,14 @@ REFUSED_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "switchingdirectru
 def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: ImportContext,
                    opts: ImportOptions, shards: int, retry_ids: list[str] | None = None) -> None:
     if retry_ids is None:
-        listed = p | "Project" >> beam.Create([checked.listing]) | "ListImages" >> ListImages(checked.roboflow)
+        listed = (p | "Project" >> beam.Create([checked.listing])
+                  | "ListImages" >> ListImages(checked.roboflow, context))
     else:  # --retry_dead_letters: exactly the images an earlier run could not import
-        listed = {"ok": p | "DeadLetterIds" >> beam.Create(retry_ids) | "CountListed" >> beam.Map(count_listed),
+        listed = {"ok": (p | "DeadLetterIds" >> beam.Create([ListedImage(i) for i in retry_ids])
+                         | "CountListed" >> beam.Map(count_listed)),
                   DEAD_LETTER: p | "NoListing" >> beam.Create([])}
     batches = listed["ok"] | "BatchImages" >> BatchImages(opts.batch_size, shards)
-    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency)
+    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency, checked.supabase)
     stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
                                                             opts.concurrency)
     written = stored["ok"] | "WriteRows" >> WriteRows(checked.supabase, context)
@@ -77,8 +79,28 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
         | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path)
     )
     if checked.prune:  # after a complete listing only; see transforms/prune.py
-        ({"listed": listed["ok"], "lost_pages": listed[DEAD_LETTER]}
+        ({"listed": listed["ok"] | "ListedIds" >> beam.Map(lambda image: image.image_id),
+          "lost_pages": listed[DEAD_LETTER]}
          | "PruneImages" >> PruneImages(checked.supabase, context, checked.prune, checked.listing.total))
+
+
+# The summary's figures kept with the finished run in od_import_runs.summary.
+RUN_RECORD = ("listed", "imported", "new", "changed", "unchanged", "failed", "complete", "details", "seconds")
+
+
+def record_finish(checked: preflight.Checked, run: runs.Run, summary: dict) -> None:
+    """Mark the run finished; if Supabase cannot be told, the rows stand and the next run resumes this one."""
+    try:
+        with preflight.target_client(checked) as sb:
+            runs.finish_run(sb, run, {k: summary[k] for k in RUN_RECORD})
+    except Exception as exc:
+        log.warning("could not mark run %s finished (%s); the next run of this source resumes it", run.id, redact(exc))
+        summary["run"]["finish_recorded"] = False
+
+
+def run_facts(run: runs.Run, change_detection: str) -> dict:
+    return {"id": run.id, "name": run.name, "resumed": run.resuming, "attempt": run.attempts,
+            "change_detection": change_detection}
 
 
 def images_to_retry(directory: str) -> list[str]:
@@ -149,17 +171,23 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     if retry_ids is not None:
         checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
     class_ids = preflight.prepare_target(checked)
+    with preflight.target_client(checked) as sb:
+        run = runs.start_run(sb, checked.dataset_id, runs.source_of(checked.workspace, checked.project),
+                             runs.scope_of(checked.selection, retry_ids is not None), opts.run_id,
+                             opts.change_detection)
     context = ImportContext(
         dataset_id=checked.dataset_id, workspace=checked.workspace, project=checked.project,
         version=checked.version, bucket=checked.supabase.bucket, class_ids=class_ids,
         max_object_bytes=checked.max_object_bytes, skeletons=checked.skeletons,
         allowed_mime_types=checked.allowed_mime_types, tables=checked.tables,
         multilabel=bool(checked.project_type and checked.project_type.multilabel),
-        bucket_public=checked.supabase.bucket_public)
+        bucket_public=checked.supabase.bucket_public, run_id=run.id, resuming=run.resuming,
+        change_detection=opts.change_detection)
     shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
-    log.info("importing %s/%s (%d images reported) into dataset %s with %s",
-             checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner)
+    log.info("importing %s/%s (%d images reported) into dataset %s with %s, run %s%s",
+             checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner, run.id,
+             f" (resumed, attempt {run.attempts})" if run.resuming else "")
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
@@ -180,7 +208,9 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
 
             preflight.refresh_counters(checked)
             summary = build_summary(counters_of(result), checked=checked, seconds=time.monotonic() - started,
-                                    dead_letter_files=dead_letter_files(opts.dead_letter_path))
+                                    dead_letter_files=dead_letter_files(opts.dead_letter_path),
+                                    run=run_facts(run, opts.change_detection))
+            record_finish(checked, run, summary)
             write_summary(opts.summary_path, summary)
             reporter.finish(final_progress(summary, tracker))
     finally:

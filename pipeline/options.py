@@ -100,6 +100,15 @@ class ImportOptions(PipelineOptions):
         sync.add_argument("--prune_mode", choices=("delete", "mark"), default=None,
                           help="with --prune: delete rows and objects (default), or mark "
                                "od_dataset_images.source_missing_at (needs migration 0005)")
+        sync.add_argument("--change_detection", choices=("exact", "listing"), default="exact",
+                          help="exact: one details call per listed image tells whether it changed; listing: only "
+                               "new images and images whose search-listing summary (class counts, split, tags, "
+                               "name, metadata) changed get one; a box moved without changing the class counts "
+                               "waits for an exact sync")
+        sync.add_argument("--run_id", default=None, metavar="NAME",
+                          help="name of this run in od_import_runs, e.g. the platform's job id; an interrupted run "
+                               "is resumed by the next run of the same source, target and filters, whatever its "
+                               "name")
 
 
 def _groups() -> list[argparse._ArgumentGroup]:

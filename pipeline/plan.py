@@ -11,7 +11,10 @@ After the command-line checks and preflight (which write nothing), the plan
 * names the classes the mapping misses or would create, and the version's splits next to the live ones.
 
 Whether an already imported image changed is only known from its details (the import hash covers
-the annotations), so the plan says "already imported" and does not guess "changed".
+the annotations), so the plan says "already imported" and does not guess "changed". It does count,
+for both ``--change_detection`` modes, the details calls the sync would make: ``exact`` one per
+listed image, ``listing`` one per new image or image whose listing summary differs from the stored
+one; images written by an interrupted run of the same key (pipeline/runs.py) need none in either.
 
 Exit 0 when the import could run, 2 when it could not (the reasons are printed).
 """
@@ -26,14 +29,24 @@ from typing import Any
 import requests
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import preflight
+from pipeline import preflight, runs
 from pipeline.options import ImportOptions
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.convert import ImageDataError, mime_allowed, parse_details, sniff_image
 from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.records import ImportContext, ListedImage
 from transforms.core.redact import redact
-from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, iter_pages, selection_query
+from transforms.list_images import (
+    SPLITS,
+    ListingSpec,
+    Selection,
+    agreed,
+    fetch_page,
+    iter_pages,
+    listed_images,
+    selection_query,
+)
 from transforms.prune import iter_imported
 
 EXIT_OK, EXIT_INPUT = 0, 2
@@ -119,8 +132,7 @@ def _sample(ids: list[str], n: int) -> list[str]:
     return [ids[int(i * step)] for i in range(n)]
 
 
-def _class_plan(checked: preflight.Checked, client: SupabaseClient) -> dict[str, Any]:
-    existing = {row["name"] for row in client.select(checked.tables.classes, "name", dataset_id=checked.dataset_id)}
+def _class_plan(checked: preflight.Checked, existing: dict[str, str]) -> dict[str, Any]:
     mapping = checked.mapping
     return {
         "unmapped": list(checked.unmapped),
@@ -138,18 +150,26 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
     sb = SupabaseClient(checked.supabase.url, checked.supabase.service_key.resolve(), bucket=checked.supabase.bucket,
                         retry=preflight.PREFLIGHT_RETRY, timeout=30.0, max_connections=2)
     try:
-        listed: dict[str, None] = {}
+        existing = {row["name"]: row["id"]
+                    for row in sb.select(checked.tables.classes, "id,name", dataset_id=checked.dataset_id)}
+        context = plan_context(checked, existing)
+        listed: dict[str, ListedImage] = {}
         pages = 0
         for page in iter_pages(rf, checked.listing):
             pages += 1
-            listed.update(dict.fromkeys(page.ids))
+            for image in listed_images(page, context):
+                seen = listed.get(image.image_id)
+                listed[image.image_id] = image if seen is None else agreed([seen, image])
         selection = checked.selection
         splits = {s: _search_total(rf, checked, _and(selection, f"split:{s}")) for s in SPLITS}
         classes = {c: _search_total(rf, checked, _and(selection, selection_query(Selection(class_name=c))))
                    for c in sorted(checked.project_info.get("classes") or {})}
         imported = {image.roboflow_id: image for image in iter_imported(sb, checked.dataset_id, checked.workspace,
-                                                                          checked.project, tables=checked.tables)}
-        class_plan = _class_plan(checked, sb)
+                                                                          checked.project, with_sync=True,
+                                                                          tables=checked.tables)}
+        open_run = runs.open_run_of(sb, checked.dataset_id, runs.source_of(checked.workspace, checked.project),
+                                    runs.scope_of(selection))
+        class_plan = _class_plan(checked, existing)
         new = [i for i in listed if i not in imported]
         sizes, latencies, sampled = [], [], []
         for image_id in _sample(new, sample_size):
@@ -165,7 +185,8 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
     interrupted = [i for i in listed if i in imported and not imported[i].import_hash]
     gone = [image for i, image in imported.items() if i not in listed]
     mean_size = sum(sizes) / len(sizes) if sizes else 0
-    calls = pages + len(listed)  # listing pages, then one details call per image (unchanged ones too)
+    sync = sync_plan(listed, imported, open_run, pages)
+    calls = sync[opts.change_detection]["roboflow_calls"]
     latency = sum(latencies) / len(latencies) if latencies else None
     if opts.roboflow_rate_limit:
         rate, rate_basis = opts.roboflow_rate_limit, "--roboflow_rate_limit"
@@ -211,12 +232,43 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
             "rate_basis": rate_basis,
             "seconds_estimate": round(calls / rate, 1) if rate else None,
         },
+        "change_detection": {
+            "chosen": opts.change_detection,
+            **{mode: sync[mode] | {"seconds_estimate": round(sync[mode]["roboflow_calls"] / rate, 1) if rate else None}
+               for mode in ("exact", "listing")},
+        },
+        "resume": sync["resume"],
         "class_mapping": class_plan,
         "bucket": {"name": checked.supabase.bucket, "exists": checked.bucket_exists,
                    **bucket_refusals(checked, sampled, len(new) + len(interrupted))},
         "prune": bool(opts.prune),
         "can_run": not reasons,
         "reasons": reasons,
+    }
+
+
+def plan_context(checked: preflight.Checked, existing: dict[str, str]) -> ImportContext:
+    """The import's context as far as a plan knows it: classes to be created by name have no id yet."""
+    class_ids = dict(checked.mapping.class_ids) | {n: existing.get(n) for n in checked.mapping.to_create}
+    return ImportContext(checked.dataset_id, checked.workspace, checked.project, checked.version,
+                         checked.supabase.bucket, class_ids, tables=checked.tables)
+
+
+def sync_plan(listed: dict[str, ListedImage], imported: dict[str, Any], open_run: dict[str, Any] | None,
+              pages: int) -> dict[str, Any]:
+    """Details calls the import would make in each ``--change_detection`` mode, and what a resume saves."""
+    done = {i: imported[i] for i in listed if i in imported and imported[i].import_hash}
+    resumed = {i for i, image in done.items() if open_run is not None and image.run_id == open_run["id"]}
+    unchanged = {i for i, image in done.items() if i not in resumed and listed[i].fingerprint
+                 and image.listing_fingerprint == listed[i].fingerprint}
+    exact = len(listed) - len(resumed)
+    listing = exact - len(unchanged)
+    return {
+        "exact": {"details_calls": exact, "roboflow_calls": pages + exact},
+        "listing": {"details_calls": listing, "roboflow_calls": pages + listing,
+                    "unchanged_summary": len(unchanged)},
+        "resume": {"run_id": open_run["id"], "run_name": open_run.get("run_name"),
+                   "attempts": open_run.get("attempts"), "written": len(resumed)} if open_run else None,
     }
 
 
@@ -277,6 +329,17 @@ def render_plan(plan: dict[str, Any]) -> str:
         f"  time               ~{_duration(timing['seconds_estimate'])}  ({timing['roboflow_calls']:,} Roboflow calls "
         f"at {timing['rate_per_s']:g}/s; {timing['rate_basis']}; pipeline start-up comes on top)",
     ]
+    modes = plan["change_detection"]
+    exact, listing = modes["exact"], modes["listing"]
+    lines.append(f"  details calls      exact {exact['details_calls']:,} (~{_duration(exact['seconds_estimate'])}); "
+                 f"listing {listing['details_calls']:,} (~{_duration(listing['seconds_estimate'])}, "
+                 f"{listing['unchanged_summary']:,} unchanged listing summaries)  [--change_detection "
+                 f"{modes['chosen']}]")
+    resume = plan["resume"]
+    if resume:
+        name = f" ({resume['run_name']})" if resume["run_name"] else ""
+        lines.append(f"  resumes run        {resume['run_id']}{name}, which did not finish: the {resume['written']:,} "
+                     "images it wrote need no details call")
     mapping = plan["class_mapping"]
     for label, key in (("unmapped classes", "unmapped"), ("classes to create", "would_create"),
                        ("reused by name", "reused_by_name"), ("mapped to ids", "mapped_to_existing"),

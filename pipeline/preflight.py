@@ -10,11 +10,13 @@ idempotently.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import difflib
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,8 +40,8 @@ from transforms.core.secrets import MissingSecret, SecretRef
 from transforms.core.tables import OD, PlatformTables
 from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, selection_body, selection_query
 
-SCHEMA_VERSION = 4
-MARK_SCHEMA_VERSION = 5  # --prune_mode mark writes od_dataset_images.source_missing_at
+SCHEMA_VERSION = 7  # every run records itself in od_import_runs and writes 0007's link columns
+MARK_SCHEMA_VERSION = 5  # --prune_mode mark writes od_dataset_images.source_missing_at (0005, within 7)
 CLS_SCHEMA_VERSION = 6  # classification imports: the cls_* keys of 0006
 CLS_MIGRATION = "pipeline/migrations/0006_classification_import.sql"
 PREFLIGHT_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=4.0, max_elapsed=20.0)
@@ -50,7 +52,9 @@ MIGRATIONS = {
     2: "pipeline/migrations/0002_idempotent_import.sql",
     4: "pipeline/migrations/0004_import_tracking.sql",
     5: "pipeline/migrations/0005_source_missing.sql",
+    7: "pipeline/migrations/0007_import_runs.sql",
 }
+MAX_RUN_ID = 200
 IMPORT_COLUMNS = "id,source_ref,storage_bucket,storage_path,file_hash"  # added by 0002
 
 
@@ -178,6 +182,10 @@ def check_options(opts: ImportOptions) -> None:
     if opts.storage_bucket is not None and not opts.storage_bucket:
         raise InputError("--storage_bucket is empty; omit it for the default (od-images, or cls-images for a "
                          "classification project)")
+    run_id = opts.run_id
+    if run_id is not None and not (0 < len(run_id) <= MAX_RUN_ID and run_id.isprintable() and run_id.strip()):
+        raise InputError(f"--run_id must be 1 to {MAX_RUN_ID} printable characters (got {run_id[:40]!r}); pass the "
+                         "platform's job id, or omit it")
 
 
 def selection_of(opts: ImportOptions) -> Selection:
@@ -541,7 +549,7 @@ def check_supabase(opts: ImportOptions, client: SupabaseClient, url: str, key: s
     kind = kind or ProjectType("object-detection", False, "")
     key_source = _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV)
     probe_supabase(url, key, key_source)
-    check_schema(client, url, key_source, MARK_SCHEMA_VERSION if opts.prune_mode == "mark" else SCHEMA_VERSION)
+    check_schema(client, url, key_source, max(SCHEMA_VERSION, MARK_SCHEMA_VERSION))
     if kind.tables.kind == "cls":
         check_cls_schema(client, url, key_source)
     check_dataset(opts, client, url, key_source, kind)
@@ -626,11 +634,20 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
                    kind, skeletons, allowed_types)
 
 
-def prepare_target(checked: Checked) -> dict[str, str | None]:
-    """The first writes: the bucket if asked for, then the mapped classes. Returns name -> class id."""
+@contextlib.contextmanager
+def target_client(checked: Checked) -> Iterator[SupabaseClient]:
+    """A Supabase client for the run's own few requests (classes, run record, counters)."""
     sb = SupabaseClient(checked.supabase.url, checked.supabase.service_key.resolve(),
                         bucket=checked.supabase.bucket, retry=PREFLIGHT_RETRY)
     try:
+        yield sb
+    finally:
+        sb.close()
+
+
+def prepare_target(checked: Checked) -> dict[str, str | None]:
+    """The first writes: the bucket if asked for, then the mapped classes. Returns name -> class id."""
+    with target_client(checked) as sb:
         if not checked.bucket_exists:
             sb.create_bucket()
         class_ids = dict(checked.mapping.class_ids)
@@ -648,15 +665,9 @@ def prepare_target(checked: Checked) -> dict[str, str | None]:
             if missing:
                 raise RuntimeError(f"classes were not created: {missing}")
         return class_ids
-    finally:
-        sb.close()
 
 
 def refresh_counters(checked: Checked) -> None:
     """Recompute the dataset's counters once, after the rows are in (never per row)."""
-    sb = SupabaseClient(checked.supabase.url, checked.supabase.service_key.resolve(),
-                        bucket=checked.supabase.bucket, retry=PREFLIGHT_RETRY)
-    try:
+    with target_client(checked) as sb:
         sb.rpc(checked.tables.refresh_counters, {"p_dataset_id": checked.dataset_id})
-    finally:
-        sb.close()

@@ -83,7 +83,37 @@ def stop_line(summary: dict) -> str | None:
             f"{stopped['fix']}, then run the same command again")
 
 
-def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_letter_files: list[str]) -> dict:
+
+
+def details_outcome(counters: dict[str, int], run: dict[str, Any] | None) -> dict[str, Any]:
+    """Roboflow details calls made and saved, and why each image without one was skipped."""
+    skipped = _group(counters, "details_skipped.")
+    outcome: dict[str, Any] = {
+        "calls": counters.get("roboflow.calls.image_details", 0),  # HTTP requests, retries included
+        "fetched": counters.get("details_fetched", 0),
+        "saved": sum(skipped.values()),
+        "skipped": skipped,
+        "notes": [],
+    }
+    if counters.get("details_lookup_failed"):
+        outcome["notes"].append(f"{counters['details_lookup_failed']} batches could not read their stored links "
+                                "and fetched every details")
+    if run and run.get("resumed"):
+        outcome["notes"].append("resumed an interrupted run: the images it had written were not fetched again; any "
+                                "changed in Roboflow since are picked up by the next full sync")
+    if counters.get("listing_summary_unknown"):
+        outcome["notes"].append(f"{counters['listing_summary_unknown']:,} listed images came without a class-count "
+                                "summary (the workspace search of --roboflow_listing token, --split or --query has "
+                                "none) and had their details fetched")
+    if run and run.get("change_detection") == "listing":
+        outcome["notes"].append("--change_detection listing: images whose listing summary (class counts, split, "
+                                "tags, name, metadata) is unchanged were not fetched; a box moved or resized without "
+                                "changing the class counts is only seen by a --change_detection exact sync")
+    return outcome
+
+
+def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_letter_files: list[str],
+                  run: dict[str, Any] | None = None) -> dict:
     listed = counters.get("images_listed", 0)
     written = counters.get("images_written", 0)
     unchanged = counters.get("images_unchanged", 0)
@@ -129,6 +159,8 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
         "pruned": (prune["pruned"] + prune["marked"]) if prune else 0,
         "prune": prune,
         "splits_imported": splits,
+        "details": details_outcome(counters, run),
+        "run": run,
     }
     if checked.version_splits is not None:
         summary["version_splits"] = checked.version_splits
@@ -137,6 +169,9 @@ def build_summary(counters: dict[str, int], *, checked, seconds: float, dead_let
                            and summary["listing_pages_failed"] == 0 and summary["unaccounted"] == 0
                            and not (prune and prune["failed"]))
     return summary
+
+
+REASONS = {"resumed": "written by the interrupted run", "unchanged_summary": "listing summary unchanged"}
 
 
 def _row(label: str, value: Any, note: str = "") -> str:
@@ -201,6 +236,17 @@ def render(summary: dict) -> str:
     ]
     if summary["throttled_seconds"]:
         lines.append(_row("rate-limit waits", f"{summary['throttled_seconds']:,.1f} s", rate_limit_note(summary)))
+    details = summary.get("details")
+    if details is not None:
+        why = ", ".join(f"{REASONS.get(k, k)} {v:,}" for k, v in details["skipped"].items())
+        lines.append(_row("details calls", details["calls"], f"saved {details['saved']:,}"
+                          + (f" ({why})" if why else "")))
+        lines += [f"    {note}" for note in details["notes"]]
+    run = summary.get("run")
+    if run:
+        name = f" ({run['name']})" if run.get("name") else ""
+        state = f"resumed, attempt {run['attempt']}" if run.get("resumed") else "new"
+        lines.append(f"  {'run':<22}{run['id']}{name}: {state}, --change_detection {run['change_detection']}")
     groups = summary.get("dead_letters_by_error") or {}
     if groups:
         lines.append("  dead letters by error type:")

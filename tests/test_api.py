@@ -323,10 +323,12 @@ def test_plan_form_with_progress_objects(roboflow_emulator, target, no_keys_in_e
 def test_auto_mapping_creates_classes_with_roboflow_colours(roboflow_emulator, target, no_keys_in_env, tmp_path):
     emu = roboflow_emulator(image_count=8, seed=2, image_kb_max=6)
     result = asyncio.run(RoboflowStreamingImporter(
-        emu.config.api_key, emu.config.workspace, emu.config.project, DATASET, "auto",
+        emu.config.api_key, emu.config.workspace, emu.config.project, DATASET, "auto", "job-42",
         **stand_ins(emu, target), output_dir=str(tmp_path / "out")).import_dataset())
     assert result.complete and result.counts["imported"] == 8 and result.errors == []
     assert (tmp_path / "out" / "summary.json").is_file() and result.output_dir == str(tmp_path / "out")
+    assert target.sql("select run_name, status from od_import_runs") == [{"run_name": "job-42", "status": "finished"}]
+    assert result.summary["run"]["name"] == "job-42" and not result.summary["run"]["resumed"]
     classes = {r["name"]: r["color"] for r in target.sql(
         f"select name, color from od_classes where dataset_id = '{DATASET}'")}
     assert classes == emu.dataset.colors and len(classes) >= 2

@@ -5,17 +5,26 @@ Keys are a stable hash of the id modulo ``shards`` (``hash()`` of a str is salte
 spreads the batches over workers, because the stateful grouping stage itself runs on one thread.
 
     batches = ids | BatchImages(batch_size=50, shards=16)
+
+Elements are image ids or :class:`ListedImage` (an id with its listing summary's fingerprint).
 """
 
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 import apache_beam as beam
+
+from transforms.core.records import ListedImage
 
 
 def shard_of(image_id: str, shards: int) -> int:
     return zlib.crc32(image_id.encode("utf-8")) % shards
+
+
+def listed_id(item: ListedImage | str) -> str:
+    return item if isinstance(item, str) else item.image_id
 
 
 class BatchImages(beam.PTransform):
@@ -30,9 +39,9 @@ class BatchImages(beam.PTransform):
         shards = self.shards
         return (
             ids
-            | "ShardKey" >> beam.Map(lambda image_id: (shard_of(image_id, shards), image_id)).with_output_types(
-                tuple[int, str])
+            | "ShardKey" >> beam.Map(lambda item: (shard_of(listed_id(item), shards), item)).with_output_types(
+                tuple[int, Any])
             | "GroupIntoBatches" >> beam.GroupIntoBatches(self.batch_size)
-            | "ToList" >> beam.Map(lambda keyed: sorted(keyed[1]))
+            | "ToList" >> beam.Map(lambda keyed: sorted(keyed[1], key=listed_id))
             | "Spread" >> beam.Reshuffle()
         )

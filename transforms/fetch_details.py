@@ -5,55 +5,108 @@ rate limiter; 429s and 5xx are retried with backoff honouring ``Retry-After``, a
 briefly (Roboflow is eventually consistent after uploads) and then dead-lettered (the image was
 deleted after listing). ``/undefined/`` CDN urls are rebuilt from owner + id.
 
-    details = batches | FetchDetails(roboflow_config, context, concurrency=20)
+The details call is the import's bottleneck (one per image, under Roboflow's rate limit), so one
+Supabase lookup per batch first tells which images need none (:func:`skip_reason`): those the run
+being resumed already wrote, and with ``--change_detection listing`` those whose listing summary is
+the one stored at their import. Both are counted as unchanged, with the reason; a failed lookup
+only costs the details calls it would have saved.
+
+    details = batches | FetchDetails(roboflow_config, context, concurrency=20, supabase=supabase_config)
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import apache_beam as beam
 
 from transforms.batch_step import BatchStepFn, run_batch_step
-from transforms.clients.resources import RoboflowConfig, roboflow_client
-from transforms.core.convert import check_classes, parse_details
-from transforms.core.records import ImageDetails, ImportContext
+from transforms.clients.resources import RoboflowConfig, SupabaseConfig, roboflow_client, supabase_client
+from transforms.core.convert import check_classes, image_uuid, parse_details, source_ref
+from transforms.core.records import FetchedImage, ImportContext, ListedImage
 from transforms.core.tally import count
+
+log = logging.getLogger(__name__)
+RESUMED, UNCHANGED_SUMMARY = "resumed", "unchanged_summary"
+
+
+def skip_reason(item: ListedImage, link: dict[str, Any] | None, ctx: ImportContext) -> str | None:
+    """Why ``item`` needs no details call, or None. Only fully written images (import hash set) qualify."""
+    if not link or not link.get("import_hash"):
+        return None
+    if ctx.resuming and ctx.run_id and link.get("import_run_id") == ctx.run_id:
+        return RESUMED
+    if ctx.change_detection == "listing" and item.fingerprint and link.get("listing_fingerprint") == item.fingerprint:
+        return UNCHANGED_SUMMARY
+    return None
 
 
 class FetchDetailsFn(BatchStepFn):
     step = "fetch_details"
 
-    def __init__(self, roboflow: RoboflowConfig, context: ImportContext, concurrency: int):
+    def __init__(self, roboflow: RoboflowConfig, context: ImportContext, concurrency: int,
+                 supabase: SupabaseConfig | None = None):
         super().__init__(concurrency)
         self.roboflow = roboflow
         self.context = context
+        self.supabase = supabase
 
     def setup(self) -> None:
         super().setup()
         self._client = self.lease(roboflow_client(self.roboflow))
+        self._supabase = self.lease(supabase_client(self.supabase)) if self.supabase is not None else None
 
-    def fetch(self, image_id: str) -> ImageDetails:
+    def fetch(self, item: ListedImage) -> FetchedImage:
         ctx = self.context
-        details = parse_details(self._client.image_details(ctx.workspace, ctx.project, image_id))
+        details = parse_details(self._client.image_details(ctx.workspace, ctx.project, item.image_id))
         check_classes(details, ctx)
-        return details
+        return FetchedImage(details, item.fingerprint)
 
-    def process(self, batch: list[str]):
+    def links(self, items: list[ListedImage]) -> dict[str, dict[str, Any]]:
+        """Stored links of the batch's images, by Roboflow id; empty when no skipping applies."""
+        ctx = self.context
+        if self._supabase is None or not (ctx.resuming or ctx.change_detection == "listing"):
+            return {}
+        uuids = {image_uuid(source_ref(ctx.dataset_id, item.image_id)): item.image_id for item in items}
+        try:
+            found = self.collect(self._supabase.dataset_links, ctx.dataset_id, list(uuids), ctx.tables)
+        except Exception as exc:  # the lookup only saves calls: without it every image is fetched
+            log.warning("could not read stored links of a batch (%s); fetching its %d details", exc, len(items))
+            count("details_lookup_failed")
+            return {}
+        return {uuids[uuid]: link for uuid, link in found.items() if uuid in uuids}
+
+    def process(self, batch: list[ListedImage | str]):
+        items = [item if isinstance(item, ListedImage) else ListedImage(item) for item in batch]
+        links = self.links(items)
+        to_fetch = []
+        if self.context.change_detection == "listing":
+            count("listing_summary_unknown", sum(1 for item in items if not item.fingerprint))
+        for item in items:
+            reason = skip_reason(item, links.get(item.image_id), self.context)
+            if reason is None:
+                to_fetch.append(item)
+                continue
+            count(f"details_skipped.{reason}")
+            count("images_unchanged")
+            count(f"split.{item.split or 'none'}")
         fetched = []
-        for image_id, details, error in self.run_each(batch, self.fetch):
+        for item, result, error in self.run_each(to_fetch, self.fetch):
             if error is not None:
-                yield self.dead_letter(image_id, error)
+                yield self.dead_letter(item.image_id, error)
             else:
-                fetched.append(details)
+                fetched.append(result)
         count("details_fetched", len(fetched))
         if fetched:
             yield fetched
 
 
 class FetchDetails(beam.PTransform):
-    def __init__(self, roboflow: RoboflowConfig, context: ImportContext, concurrency: int):
+    def __init__(self, roboflow: RoboflowConfig, context: ImportContext, concurrency: int,
+                 supabase: SupabaseConfig | None = None):
         super().__init__()
-        self.fn = FetchDetailsFn(roboflow, context, concurrency)
+        self.fn = FetchDetailsFn(roboflow, context, concurrency, supabase)
 
     def expand(self, batches):
         return run_batch_step(batches, self.fn)
-

@@ -21,6 +21,11 @@ Filters (``--split``, ``--tag``, ``--class_name``, raw RoboQL ``--query``) are a
 listing: :func:`selection_query` builds the RoboQL of the token listing, :func:`selection_body` the
 body keys of the offset listing. :func:`fetch_page` reads one page either way; the Beam step and
 ``--plan`` (a plain loop, :func:`iter_pages`) share it.
+
+Each listed id travels as a :class:`ListedImage` with the fingerprint of its listing summary
+(transforms/core/listing_summary.py), which ``--change_detection listing`` compares with the stored
+one. An image listed twice with different summaries (it changed while being listed) keeps no
+fingerprint, so its details are fetched.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from apache_beam.transforms.core import DoFn, RestrictionProvider
 from transforms.batch_step import DEAD_LETTER, LeasingDoFn, ThrottlingReport, counted
 from transforms.clients.resources import RoboflowConfig, roboflow_client
 from transforms.clients.roboflow import RoboflowClient, SearchPage
-from transforms.core.records import DeadLetter
+from transforms.core.listing_summary import summary_fingerprint, summary_split
+from transforms.core.records import DeadLetter, ImportContext, ListedImage
 from transforms.core.tally import count
 
 PAGE_SIZE = 250
@@ -130,11 +136,21 @@ def iter_pages(client: RoboflowClient, spec: ListingSpec) -> Iterator[SearchPage
             return
 
 
-class ListImageIdsFn(LeasingDoFn, RestrictionProvider):
-    """Emits raw image ids (duplicates possible in offset mode) and dead letters for lost pages."""
+def listed_images(page: SearchPage, context: ImportContext | None) -> Iterator[ListedImage]:
+    """The page's images with their summary fingerprints (None without a context: ids only)."""
+    if not page.results:
+        yield from (ListedImage(image_id) for image_id in page.ids)
+        return
+    for result in page.results:
+        yield ListedImage(str(result["id"]), summary_fingerprint(result, context), summary_split(result))
 
-    def __init__(self, roboflow: RoboflowConfig):
+
+class ListImageIdsFn(LeasingDoFn, RestrictionProvider):
+    """Emits raw listed images (duplicates possible in offset mode) and dead letters for lost pages."""
+
+    def __init__(self, roboflow: RoboflowConfig, context: ImportContext | None = None):
         self.roboflow = roboflow
+        self.context = context
 
     # ---- RestrictionProvider ----
     def initial_restriction(self, spec: ListingSpec) -> OffsetRange:
@@ -161,7 +177,7 @@ class ListImageIdsFn(LeasingDoFn, RestrictionProvider):
         page = tracker.current_restriction().start
         while tracker.try_claim(page):
             if spec.mode == "token":
-                yield from walk_tokens(self._client, spec, self._throttling)
+                yield from walk_tokens(self._client, spec, self._throttling, self.context)
             else:
                 yield from self._read_offset_page(spec, page)
             page += 1
@@ -175,7 +191,7 @@ class ListImageIdsFn(LeasingDoFn, RestrictionProvider):
             else:
                 yield _lost_page(f"offset:{page * spec.page_size}", result)
             return
-        yield from result.ids
+        yield from listed_images(result, self.context)
 
 
 def _fetch_counted(client: RoboflowClient, spec: ListingSpec, throttling: ThrottlingReport, *, page: int = 0,
@@ -192,8 +208,9 @@ def _fetch_counted(client: RoboflowClient, spec: ListingSpec, throttling: Thrott
     return result
 
 
-def walk_tokens(client: RoboflowClient, spec: ListingSpec, throttling: ThrottlingReport):
-    """Every id of the token listing; a failed page ends the walk with a dead letter."""
+def walk_tokens(client: RoboflowClient, spec: ListingSpec, throttling: ThrottlingReport,
+                context: ImportContext | None = None):
+    """Every image of the token listing; a failed page ends the walk with a dead letter."""
     token = None
     spec = dataclasses.replace(spec, mode="token")
     while True:
@@ -201,7 +218,7 @@ def walk_tokens(client: RoboflowClient, spec: ListingSpec, throttling: Throttlin
         if isinstance(result, Exception):
             yield _lost_page("token-walk", result)
             return
-        yield from result.ids
+        yield from listed_images(result, context)
         if not result.ids or not result.continuation_token:
             return
         token = result.continuation_token
@@ -210,8 +227,9 @@ def walk_tokens(client: RoboflowClient, spec: ListingSpec, throttling: Throttlin
 class CompleteListingFn(LeasingDoFn):
     """``auto`` listing: a token walk when the parallel offset pages came back short, else nothing."""
 
-    def __init__(self, roboflow: RoboflowConfig):
+    def __init__(self, roboflow: RoboflowConfig, context: ImportContext | None = None):
         self.roboflow = roboflow
+        self.context = context
 
     def setup(self) -> None:
         self._client = self.lease(roboflow_client(self.roboflow))
@@ -221,7 +239,7 @@ class CompleteListingFn(LeasingDoFn):
         if not needs_token_walk(spec, distinct_ids, lost_pages):
             return
         count("list_completing_walks")
-        yield from walk_tokens(self._client, spec, self._throttling)
+        yield from walk_tokens(self._client, spec, self._throttling, self.context)
 
 
 def needs_token_walk(spec: ListingSpec, distinct_ids: int, lost_pages: int) -> bool:
@@ -234,21 +252,40 @@ def _lost_page(where: str, error: Exception) -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.of(f"page:{where}", "list", error))
 
 
-class ListImages(beam.PTransform):
-    """ListingSpec -> distinct image ids (``ok``) and lost pages (``dead_letter``)."""
+def agreed(listed: list[ListedImage]) -> ListedImage:
+    """One image listed several times: its fingerprint only if every listing that had one agrees on it
+    (the workspace search of the completing walk may have none: that is no news, not a change)."""
+    known = {item.fingerprint for item in listed if item.fingerprint}
+    split = next((item.split for item in listed if item.split), None)
+    return ListedImage(listed[0].image_id, known.pop() if len(known) == 1 else None, split)
 
-    def __init__(self, roboflow: RoboflowConfig):
+
+class DistinctImages(beam.PTransform):
+    """ListedImage -> one per image id (the offset pages repeat ids; summaries may disagree)."""
+
+    def expand(self, images):
+        return (images
+                | "ById" >> beam.Map(lambda item: (item.image_id, item))
+                | "GroupById" >> beam.GroupByKey()
+                | "Agreed" >> beam.MapTuple(lambda _, items: agreed(list(items))))
+
+
+class ListImages(beam.PTransform):
+    """ListingSpec -> distinct :class:`ListedImage` (``ok``) and lost pages (``dead_letter``)."""
+
+    def __init__(self, roboflow: RoboflowConfig, context: ImportContext | None = None):
         super().__init__()
         self.roboflow = roboflow
+        self.context = context
 
     def expand(self, specs):
-        listed = specs | "ReadPages" >> beam.ParDo(ListImageIdsFn(self.roboflow)).with_outputs(
+        listed = specs | "ReadPages" >> beam.ParDo(ListImageIdsFn(self.roboflow, self.context)).with_outputs(
             DEAD_LETTER, LOST_PAGE, main="ok")
-        paged = listed.ok | "Distinct" >> beam.Distinct()
+        paged = listed.ok | "Distinct" >> DistinctImages()
         completed = (
             specs
             | "CompleteListing" >> beam.ParDo(
-                CompleteListingFn(self.roboflow),
+                CompleteListingFn(self.roboflow, self.context),
                 distinct_ids=beam.pvalue.AsSingleton(paged | "CountPaged" >> beam.combiners.Count.Globally()),
                 lost_pages=beam.pvalue.AsSingleton(listed[LOST_PAGE] | "CountLost" >> beam.combiners.Count.Globally()),
             ).with_outputs(DEAD_LETTER, main="ok")
@@ -256,13 +293,13 @@ class ListImages(beam.PTransform):
         distinct = (
             (paged, completed.ok)
             | "WithWalk" >> beam.Flatten()
-            | "DistinctAll" >> beam.Distinct()
+            | "DistinctAll" >> DistinctImages()
             | "CountListed" >> beam.Map(count_listed)
         )
         dead = (listed[DEAD_LETTER], completed[DEAD_LETTER]) | "ListingDeadLetters" >> beam.Flatten()
         return {"ok": distinct, DEAD_LETTER: dead}
 
 
-def count_listed(image_id: str) -> str:
+def count_listed(image: ListedImage) -> ListedImage:
     count("images_listed")
-    return image_id
+    return image

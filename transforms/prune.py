@@ -50,6 +50,8 @@ class ImportedImage:
     import_hash: str | None
     size_bytes: int | None
     missing_since: str | None = None
+    run_id: str | None = None  # with_sync: the run that wrote it, and its listing fingerprint (0007)
+    listing_fingerprint: str | None = None
 
 
 def roboflow_id_of(ref: str | None, dataset_id: str) -> str | None:
@@ -61,7 +63,7 @@ def roboflow_id_of(ref: str | None, dataset_id: str) -> str | None:
 
 
 def iter_imported(client: SupabaseClient, dataset_id: str, workspace: str, project: str, *,
-                  with_marks: bool = False, page_size: int = READ_PAGE,
+                  with_marks: bool = False, with_sync: bool = False, page_size: int = READ_PAGE,
                   tables: PlatformTables = OD) -> Iterator[ImportedImage]:
     """Every image of ``dataset_id`` imported from ``workspace/project``, by keyset pages.
 
@@ -69,6 +71,7 @@ def iter_imported(client: SupabaseClient, dataset_id: str, workspace: str, proje
     ``max-rows``) cannot end the walk early.
     """
     columns = "image_id,import_hash" + (",source_missing_at" if with_marks else "") + \
+        (",import_run_id,listing_fingerprint" if with_sync else "") + \
         f",{tables.images}!inner(source_ref,storage_path,file_size_bytes)"
     after = None
     while True:
@@ -82,7 +85,8 @@ def iter_imported(client: SupabaseClient, dataset_id: str, workspace: str, proje
             roboflow_id = roboflow_id_of(image.get("source_ref"), dataset_id)
             if roboflow_id is not None:  # rows linked from another dataset's import are not ours to prune
                 yield ImportedImage(roboflow_id, row["image_id"], image.get("storage_path"), row.get("import_hash"),
-                                    image.get("file_size_bytes"), row.get("source_missing_at"))
+                                    image.get("file_size_bytes"), row.get("source_missing_at"),
+                                    row.get("import_run_id"), row.get("listing_fingerprint"))
         after = rows[-1]["image_id"]
 
 

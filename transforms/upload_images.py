@@ -7,7 +7,9 @@ is short), checked to be an image (content type sniffed from the bytes, not the 
 held against the bucket's size limit and allowed types (a refused image is dead-lettered without an
 upload attempt, so widening the bucket and ``--retry_dead_letters`` imports it) and uploaded to
 ``{dataset}/roboflow/{image id}.{ext}``. A re-upload of an object that is already there counts as
-success.
+success. An unchanged image whose listing summary is new (its ``user_metadata`` changed, or it was
+imported without one) only gets that fingerprint stored, one upsert per batch, so
+``--change_detection listing`` skips it next time.
 
     stored = details | UploadImages(roboflow_config, supabase_config, context, concurrency=20)
 """
@@ -15,6 +17,7 @@ success.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import apache_beam as beam
 
@@ -29,9 +32,11 @@ from transforms.core.convert import (
     source_ref,
     storage_path,
 )
-from transforms.core.records import ExistingImage, ImageDetails, ImportContext, StoredImage
+from transforms.core.records import ExistingImage, FetchedImage, ImageDetails, ImportContext, StoredImage
 from transforms.core.retry import PermanentError, TransientError
 from transforms.core.tally import count
+
+log = logging.getLogger(__name__)
 
 
 def checked_image(data: bytes, length_checked: bool = True):
@@ -61,8 +66,9 @@ class UploadImagesFn(BatchStepFn):
         self._roboflow = self.lease(roboflow_client(self.roboflow))
         self._supabase = self.lease(supabase_client(self.supabase))
 
-    def store(self, item: tuple[ImageDetails, ExistingImage | None]) -> StoredImage | None:
-        details, existing = item
+    def store(self, item: tuple[FetchedImage, ExistingImage | None]) -> StoredImage | None:
+        fetched, existing = item
+        details, listing = fetched.details, fetched.listing_fingerprint
         ctx = self.context
         fingerprint = import_hash(details, ctx)
         if existing is not None and existing.storage_path and existing.import_hash == fingerprint:
@@ -70,7 +76,7 @@ class UploadImagesFn(BatchStepFn):
         if existing is not None and existing.storage_path and existing.file_hash and existing.width:
             return StoredImage(details, existing.storage_path, existing.file_hash, existing.file_size_bytes or 0,
                                existing.mime_type or "image/jpeg", existing.width, existing.height or 0,
-                               fingerprint, uploaded=False, previously_imported=True)
+                               fingerprint, uploaded=False, previously_imported=True, listing_fingerprint=listing)
         data = self._roboflow.download(details.original_url, validate=checked_image)
         info = sniff_image(data)
         if ctx.max_object_bytes is not None and len(data) > ctx.max_object_bytes:
@@ -86,28 +92,41 @@ class UploadImagesFn(BatchStepFn):
         count(f"objects_{outcome}")
         return StoredImage(details, path, hashlib.sha256(data).hexdigest(), len(data), info.mime_type,
                            info.width, info.height, fingerprint, uploaded=outcome == "uploaded",
-                           previously_imported=existing is not None)
+                           previously_imported=existing is not None, listing_fingerprint=listing)
 
-    def process(self, batch: list[ImageDetails]):
+    def process(self, batch: list[FetchedImage | ImageDetails]):
+        batch = [item if isinstance(item, FetchedImage) else FetchedImage(item) for item in batch]
+        dataset_id = self.context.dataset_id
         try:
-            existing = self.collect(self._supabase.existing_images, self.context.dataset_id,
-                                    [source_ref(self.context.dataset_id, d.image_id) for d in batch],
-                                    self.context.tables)
+            existing = self.collect(self._supabase.existing_images, dataset_id,
+                                    [source_ref(dataset_id, f.details.image_id) for f in batch], self.context.tables)
         except Exception as exc:
-            for details in batch:
-                yield self.dead_letter(details.image_id, exc)
+            for fetched in batch:
+                yield self.dead_letter(fetched.details.image_id, exc)
             return
-        items = [(d, existing.get(source_ref(self.context.dataset_id, d.image_id))) for d in batch]
-        stored = []
-        for (details, _), result, error in self.run_each(items, self.store):
+        items = [(f, existing.get(source_ref(dataset_id, f.details.image_id))) for f in batch]
+        stored, stale = [], []
+        for (fetched, known), result, error in self.run_each(items, self.store):
+            details = fetched.details
             if error is not None:
                 yield self.dead_letter(details.image_id, error)
             elif result is None:
                 count("images_unchanged")
                 count(f"label_state.{label_state(details)}")
                 count(f"split.{details.split or 'none'}")
+                if fetched.listing_fingerprint and known.listing_fingerprint != fetched.listing_fingerprint:
+                    stale.append({"dataset_id": dataset_id, "image_id": known.image_id,
+                                  "listing_fingerprint": fetched.listing_fingerprint})
             else:
                 stored.append(result)
+        if stale:  # unchanged rows, new summary (tags, metadata...): else listing mode would refetch them forever
+            try:
+                self.collect(lambda: self._supabase.upsert(self.context.tables.dataset_images, stale,
+                                                           on_conflict="dataset_id,image_id"))
+                count("listing_fingerprints_refreshed", len(stale))
+            except Exception as exc:  # the rows are right; only the next listing sync pays their details again
+                count("listing_fingerprints_refresh_failed", len(stale))
+                log.warning("could not store %d listing fingerprints: %s", len(stale), exc)
         if stored:
             yield stored
 

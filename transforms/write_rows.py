@@ -4,14 +4,17 @@ counterparts for a classification project: ``cls_labels`` keyed by class), idemp
 One batch is four requests: merge-upsert the images (``on_conflict=source_ref``, ids are
 deterministic), merge-upsert the annotations (``dataset_id,image_id,source_key``, content-derived
 keys), delete the annotations a re-imported image no longer has, and upsert the dataset links
-*last*, carrying the import hash: a crash anywhere before leaves no hash, so the next run redoes
-the image. A constraint violation is narrowed down by halving the batch, so only the offending
-image is dead-lettered.
+*last*, carrying the import hash, the run's id and the listing fingerprint: a crash anywhere
+before leaves no hash, so the next run redoes the image, and a resumed run knows it wrote the
+image (transforms/fetch_details.py skips it). A constraint violation is narrowed down by halving
+the batch, so only the offending image is dead-lettered.
 
     written = stored | WriteRows(supabase_config, context)
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import apache_beam as beam
 
@@ -21,6 +24,13 @@ from transforms.core.convert import ImageRows, build_rows, label_state
 from transforms.core.records import ImportContext, StoredImage
 from transforms.core.retry import PermanentError
 from transforms.core.tally import count
+
+
+def with_sync_columns(rows: ImageRows, stored: StoredImage, ctx: ImportContext) -> ImageRows:
+    """The dataset link also records which run wrote it and the listing summary it was imported at
+    (migration 0007), for resumes and ``--change_detection listing``."""
+    link = rows.dataset_image | {"import_run_id": ctx.run_id, "listing_fingerprint": stored.listing_fingerprint}
+    return dataclasses.replace(rows, dataset_image=link)
 
 
 class WriteRowsFn(BatchStepFn):
@@ -62,7 +72,8 @@ class WriteRowsFn(BatchStepFn):
 
     def process(self, batch: list[StoredImage]):
         ctx = self.context
-        group = [(stored, build_rows(stored, ctx, self._client.object_url(stored.storage_path)))
+        group = [(stored, with_sync_columns(build_rows(stored, ctx, self._client.object_url(stored.storage_path)),
+                                            stored, ctx))
                  for stored in batch]
         failures = self.collect(self.write_isolating, group)
         for stored, rows in group:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from transforms.core.listing_summary import SUMMARY_FIELDS, SUMMARY_FIELDS_V1
 from transforms.core.ratelimit import AdaptiveRateLimiter, in_flight_gate
 from transforms.core.redact import redact, register_secret
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries, parse_retry_after
@@ -76,6 +77,7 @@ class SearchPage:
     ids: list[str]
     total: int | None
     continuation_token: str | None = None
+    results: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # one per id: the listing's summary
 
 
 @dataclasses.dataclass
@@ -237,27 +239,28 @@ class RoboflowClient:
 
     def search_page(self, workspace: str, project: str, *, offset: int, limit: int = MAX_PAGE,
                     filters: dict[str, Any] | None = None) -> SearchPage:
-        """One page of project search (``POST /{ws}/{proj}/search``): ids only."""
-        body = {"offset": offset, "limit": min(limit, MAX_PAGE), "fields": ["id"], **(filters or {})}
+        """One page of project search (``POST /{ws}/{proj}/search``): ids and each image's summary."""
+        body = {"offset": offset, "limit": min(limit, MAX_PAGE), "fields": list(SUMMARY_FIELDS), **(filters or {})}
         data = self._call("POST", self._path(workspace, project, "search"), "search", body)
         results = data.get("results")
         if not isinstance(results, list):
             raise TransientError("bad_page", "search: answer has no results list")
-        return SearchPage([str(r["id"]) for r in results if isinstance(r, dict) and r.get("id")],
-                          _int_or_none(data.get("total")))
+        kept = [r for r in results if isinstance(r, dict) and r.get("id")]
+        return SearchPage([str(r["id"]) for r in kept], _int_or_none(data.get("total")), results=kept)
 
     def search_v1_page(self, workspace: str, query: str, *, page_size: int = MAX_PAGE,
                        token: str | None = None) -> SearchPage:
         """One page of workspace search (``POST /{ws}/search/v1``) walked by continuation token."""
-        body: dict[str, Any] = {"query": query, "pageSize": page_size, "fields": ["split"]}
+        body: dict[str, Any] = {"query": query, "pageSize": page_size, "fields": list(SUMMARY_FIELDS_V1)}
         if token:
             body["continuationToken"] = token
         data = self._call("POST", self._path(workspace, "search", "v1"), "search_v1", body)
         results = data.get("results")
         if not isinstance(results, list):
             raise TransientError("bad_page", "search_v1: answer has no results list")
-        return SearchPage([str(r["id"]) for r in results if isinstance(r, dict) and r.get("id")],
-                          _int_or_none(data.get("total")), data.get("continuationToken") or None)
+        kept = [r for r in results if isinstance(r, dict) and r.get("id")]
+        return SearchPage([str(r["id"]) for r in kept], _int_or_none(data.get("total")),
+                          data.get("continuationToken") or None, results=kept)
 
     def image_details(self, workspace: str, project: str, image_id: str) -> dict[str, Any]:
         """``GET /{ws}/{proj}/images/{id}``; a 404 is retried briefly (eventual consistency)."""

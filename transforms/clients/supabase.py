@@ -279,18 +279,25 @@ class SupabaseClient:
         images = self.select(
             tables.images, "id,source_ref,storage_path,file_hash,file_size_bytes,mime_type,width,height",
             source_ref=refs)
-        hashes = {}
-        if images:
-            links = self.select(tables.dataset_images, "image_id,import_hash", dataset_id=dataset_id,
-                                image_id=[r["id"] for r in images])
-            hashes = {r["image_id"]: r["import_hash"] for r in links}
+        links = self.dataset_links(dataset_id, [r["id"] for r in images], tables)
         return {
             r["source_ref"]: ExistingImage(
                 image_id=r["id"], storage_path=r["storage_path"], file_hash=r["file_hash"],
                 file_size_bytes=r["file_size_bytes"], mime_type=r["mime_type"], width=r["width"],
-                height=r["height"], import_hash=hashes.get(r["id"]))
+                height=r["height"], import_hash=links.get(r["id"], {}).get("import_hash"),
+                listing_fingerprint=links.get(r["id"], {}).get("listing_fingerprint"))
             for r in images
         }
+
+    def dataset_links(self, dataset_id: str, image_ids: list[str],
+                      tables: PlatformTables = OD) -> dict[str, dict[str, Any]]:
+        """This dataset's links of these image ids: import hash, the run that wrote them, listing
+        fingerprint (migration 0007). Bounded requests; absent ids are not imported."""
+        if not image_ids:
+            return {}
+        rows = self.select(tables.dataset_images, "image_id,import_hash,import_run_id,listing_fingerprint",
+                           dataset_id=dataset_id, image_id=list(image_ids))
+        return {r["image_id"]: r for r in rows}
 
     def delete_stale_annotations(self, dataset_id: str, image_id: str, keep_keys: list[str],
                                  tables: PlatformTables = OD) -> None:

@@ -32,6 +32,9 @@ class ImportContext:
     tables: PlatformTables = OD  # od_* (detection, segmentation, keypoints) or cls_* (classification)
     multilabel: bool = False  # classification: several labels per image allowed
     bucket_public: bool = False  # image_url: public-object URL, else the authenticated one (object_url)
+    run_id: str | None = None  # od_import_runs.id, written with every image's rows
+    resuming: bool = False  # the run continues an interrupted one: images it wrote need no details call
+    change_detection: str = "exact"  # or "listing": unchanged listing summary -> no details call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,7 @@ class ExistingImage:
     width: int | None
     height: int | None
     import_hash: str | None
+    listing_fingerprint: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,7 @@ class StoredImage:
     import_hash: str
     uploaded: bool  # False when the object was already there (re-run) and nothing was sent
     previously_imported: bool  # rows existed before: stale annotations may need removing
+    listing_fingerprint: str | None = None  # stored with the rows for --change_detection listing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,3 +148,24 @@ class DeadLetter:
     def from_json(cls, line: str) -> DeadLetter:
         data: dict[str, Any] = json.loads(line)
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedImage:
+    """One listed image and what the search listing said about it (``fingerprint`` None: unknown)."""
+
+    image_id: str
+    fingerprint: str | None = None
+    split: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchedImage:
+    """An image's details, with the listing fingerprint to store next to its rows.
+
+    Kept apart from :class:`ImageDetails` because the import hash covers every details field.
+    """
+
+    details: ImageDetails
+    listing_fingerprint: str | None = None
+

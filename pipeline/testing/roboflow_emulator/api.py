@@ -29,6 +29,7 @@ from .images import ImageFactory, sniff_content_type
 JSON_TYPE = "application/json; charset=utf-8"
 SEARCH_LIMIT_MAX = 250
 SEARCH_DEFAULT_FIELDS = ("id", "created")
+V1_UNDOCUMENTED_SUMMARY = ("annotations", "labels", "user_metadata")  # see EmulatorConfig.search_v1_summary
 ROOT_HINT = "You can see your active workspace by issuing a GET request to / with your api_key"
 DOCS_HINT = "You can find the API docs at https://docs.roboflow.com"
 
@@ -414,6 +415,8 @@ class RoboflowApi:
                 result[name] = [] if record.orphan else [self.dataset.project_internal_id]
             elif name == "split":
                 result[name] = None if record.orphan else record.split
+            elif name in V1_UNDOCUMENTED_SUMMARY and not self.config.search_v1_summary:
+                continue
             else:
                 value = self._search_field(record, name)
                 if value is not _MISSING:

@@ -110,6 +110,10 @@ class EmulatorConfig:
     )
     search_v1_max_page_size: int = field(default=100, metadata=_doc("search/v1 pageSize clamp"))
     search_created_unit: str = field(default="ms", metadata=_doc("unit of `created` in project search: ms or s"))
+    # Inferred: the workspace search documents tags, width, height, filename, aspectRatio and split; whether it
+    # answers project search's per-image summary (annotations, labels, user_metadata) is not known, so not by default.
+    search_v1_summary: bool = field(default=False, metadata=_doc(
+        "search/v1 also answers annotations, labels and user_metadata fields (undocumented there)"))
     host: str = field(default="127.0.0.1", metadata=_doc("bind address"))
     port: int = field(default=0, metadata=_doc("API port, 0 = chosen by the OS"))
     cdn_port: int = field(default=0, metadata=_doc("CDN/download port, 0 = chosen by the OS"))
