@@ -352,7 +352,7 @@ class Gateway:
         if line_limit is not None and len(handler.raw_requestline) > line_limit:
             handler.close_connection = True  # nginx answers before reading the rest of the request
             self.counters.count("414", 414)
-            handler.send_bytes(414, uri_too_long_page(), "text/html")
+            handler.send_bytes(414, uri_too_long_page(), "text/html", {"Connection": "close"})  # as nginx says it
             return
         if path.startswith("/rest/v1/") or path == "/rest/v1":
             service, label = "rest", rest_route_label(method, path[len("/rest/v1") :] or "/")
