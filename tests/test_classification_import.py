@@ -76,11 +76,16 @@ def test_single_label_project_imports_rows_labels_and_bytes_and_reruns_idempoten
     assert counters == {"image_count": 24, "labeled_image_count": len(labelled),
                         "class_count": len(emu.dataset.classes)}
     assert target.sql("select count(*) as n from od_images") == [{"n": 0}]
+    runs = target.sql(f"select id, status from od_import_runs where dataset_id = '{DATASET}'")
+    assert [r["status"] for r in runs] == ["finished"]  # runs of a cls dataset are recorded like od ones
+    assert target.sql("select distinct import_run_id::text as run from cls_dataset_images") == [{"run": runs[0]["id"]}]
 
     before = target.sql("select id, updated_at from cls_labels order by id")
     emu.reset_counters()
-    code, again, _ = run_import(emu, target, tmp_path / "2", DATASET, "--prune", monkeypatch=monkeypatch)
+    code, again, _ = run_import(emu, target, tmp_path / "2", DATASET, "--prune", "--change_detection", "listing",
+                                monkeypatch=monkeypatch)
     assert code == importer.EXIT_OK and (again["unchanged"], again["new"], again["changed"]) == (24, 0, 0)
+    assert again["details"]["saved"] == 24 and emu.counters().get("image_details", 0) == 0
     assert target.sql("select id, updated_at from cls_labels order by id") == before
     assert emu.counters().get("cdn_original", 0) == 0
 
