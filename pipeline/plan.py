@@ -31,13 +31,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import preflight, runs
 from pipeline.options import ImportOptions
-from transforms.clients.roboflow import RoboflowClient
-from transforms.clients.supabase import SupabaseClient
-from transforms.core.convert import ImageDataError, mime_allowed, parse_details, sniff_image
-from transforms.core.ratelimit import AdaptiveRateLimiter
-from transforms.core.records import ImportContext, ListedImage
-from transforms.core.redact import redact
-from transforms.list_images import (
+from transforms.clients.imported import iter_imported
+from transforms.clients.listing import (
     SPLITS,
     ListingSpec,
     Selection,
@@ -47,7 +42,12 @@ from transforms.list_images import (
     listed_images,
     selection_query,
 )
-from transforms.prune import iter_imported
+from transforms.clients.roboflow import RoboflowClient
+from transforms.clients.supabase import SupabaseClient
+from transforms.core.convert import ImageDataError, mime_allowed, parse_details, sniff_image
+from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.records import ImportContext, ListedImage
+from transforms.core.redact import redact
 
 EXIT_OK, EXIT_INPUT = 0, 2
 SAMPLE_SIZE = 8  # new images whose size is measured (one details call + one HEAD each)

@@ -29,6 +29,7 @@ from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV, SUPABASE_UR
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.project_types import ProjectType, project_type, skeletons_of
+from transforms.clients.listing import SPLITS, ListingSpec, Selection, fetch_page, selection_body, selection_query
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
 from transforms.clients.roboflow import RoboflowClient, RoboflowError, RoboflowStopped
 from transforms.clients.supabase import SupabaseClient
@@ -38,7 +39,6 @@ from transforms.core.redact import redact
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
 from transforms.core.secrets import MissingSecret, SecretRef
 from transforms.core.tables import OD, PlatformTables
-from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, selection_body, selection_query
 
 SCHEMA_VERSION = 7  # every run records itself in od_import_runs and writes 0007's link columns
 MARK_SCHEMA_VERSION = 5  # --prune_mode mark writes od_dataset_images.source_missing_at (0005, within 7)

@@ -19,9 +19,9 @@ import datetime
 import uuid
 from typing import Any
 
+from transforms.clients.listing import Selection
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.convert import project_folder
-from transforms.list_images import Selection
 
 TABLE = "od_import_runs"
 RETRY_SCOPE = "--retry_dead_letters"

@@ -7,9 +7,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.batch_images import BatchImages, shard_of
+from transforms.clients.listing import ListingSpec
 from transforms.clients.resources import RoboflowConfig
 from transforms.core.secrets import SecretRef
-from transforms.list_images import ListImageIdsFn, ListingSpec, needs_token_walk
+from transforms.list_images import ListImageIdsFn, needs_token_walk
 
 CONFIG = RoboflowConfig("http://127.0.0.1:9", SecretRef(env_var="UNUSED_KEY"))
 

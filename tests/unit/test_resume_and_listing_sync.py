@@ -7,10 +7,10 @@ from types import SimpleNamespace
 from pipeline.plan import sync_plan
 from pipeline.runs import RETRY_SCOPE, scope_of
 from pipeline.summary import details_outcome
+from transforms.clients.listing import Selection, agreed
 from transforms.core.listing_summary import summary_fingerprint
 from transforms.core.records import ImportContext, ListedImage
 from transforms.fetch_details import skip_reason
-from transforms.list_images import Selection, agreed
 
 CTX = ImportContext("d", "ws", "proj", 1, "bucket", {"dog": "c-dog", "cat": "c-cat", "cone": None})
 RESULT = {"id": "a", "name": "a.jpg", "annotations": {"count": 3, "classes": {"dog": 2, "cat": 1}},

@@ -12,9 +12,10 @@ from pipeline import preflight
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.summary import build_summary, letters_by_error, prune_outcome, render
+from transforms.clients.imported import ImportedImage, roboflow_id_of
+from transforms.clients.listing import ListingSpec, Selection, selection_body, selection_query
 from transforms.core.records import DeadLetter
-from transforms.list_images import ListingSpec, Selection, selection_body, selection_query
-from transforms.prune import ImportedImage, prune_actions, roboflow_id_of
+from transforms.prune import prune_actions
 
 
 def test_no_filter_is_the_whole_project():
