@@ -58,7 +58,7 @@ MAX_RUN_ID = 200
 IMPORT_COLUMNS = "id,source_ref,storage_bucket,storage_path,file_hash"  # added by 0002
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Checked:
     """What preflight learned; enough to build the pipeline once the target is prepared."""
 
@@ -627,11 +627,13 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
                               pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=bucket, bucket_public=bucket_public,
                               max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
-    return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,
-                   roboflow, supabase, listing_spec(opts, selection, total), info, version_splits, resolved,
-                   bucket_exists, limit, selection, unmapped,
-                   (opts.prune_mode or "delete") if opts.prune else None,
-                   kind, skeletons, allowed_types)
+    return Checked(
+        dataset_id=opts.dataset_id, workspace=opts.roboflow_workspace, project=opts.roboflow_project,
+        version=opts.roboflow_version, roboflow=roboflow, supabase=supabase,
+        listing=listing_spec(opts, selection, total), project_info=info, version_splits=version_splits,
+        mapping=resolved, bucket_exists=bucket_exists, max_object_bytes=limit, selection=selection,
+        unmapped=unmapped, prune=(opts.prune_mode or "delete") if opts.prune else None, project_type=kind,
+        skeletons=skeletons, allowed_mime_types=allowed_types)
 
 
 @contextlib.contextmanager
