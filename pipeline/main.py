@@ -30,7 +30,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import launch, plan, preflight, runs
+from pipeline import launch, plan, preflight, runs, target, validation
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
@@ -91,7 +91,7 @@ RUN_RECORD = ("listed", "imported", "new", "changed", "unchanged", "failed", "co
 def record_finish(checked: preflight.Checked, run: runs.Run, summary: dict) -> None:
     """Mark the run finished; if Supabase cannot be told, the rows stand and the next run resumes this one."""
     try:
-        with preflight.target_client(checked) as sb:
+        with target.target_client(checked) as sb:
             runs.finish_run(sb, run, {k: summary[k] for k in RUN_RECORD})
     except Exception as exc:
         log.warning("could not mark run %s finished (%s); the next run of this source resumes it", run.id, redact(exc))
@@ -156,7 +156,7 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     images complete (pipeline/progress.py) and once at the end.
     """
     started = time.monotonic()
-    preflight.check_command_line(argv)  # before view_as: argparse would print its usage text
+    validation.check_command_line(argv)  # before view_as: argparse would print its usage text
     options = PipelineOptions(argv)
     opts = options.view_as(ImportOptions)
     if opts.plan or opts.plan_json:  # run() answers these before execute(); here they would write
@@ -170,8 +170,8 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
     checked = preflight.check(opts, workers=processes)
     if retry_ids is not None:
         checked = dataclasses.replace(checked, listing=dataclasses.replace(checked.listing, total=len(retry_ids)))
-    class_ids = preflight.prepare_target(checked)
-    with preflight.target_client(checked) as sb:
+    class_ids = target.prepare_target(checked)
+    with target.target_client(checked) as sb:
         run = runs.start_run(sb, checked.dataset_id, runs.source_of(checked.workspace, checked.project),
                              runs.scope_of(checked.selection, retry_ids is not None), opts.run_id,
                              opts.change_detection)
@@ -206,7 +206,7 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
             result = pipeline.run()
             result.wait_until_finish()
 
-            preflight.refresh_counters(checked)
+            target.refresh_counters(checked)
             summary = build_summary(counters_of(result), checked=checked, seconds=time.monotonic() - started,
                                     dead_letter_files=dead_letter_files(opts.dead_letter_path),
                                     run=run_facts(run, opts.change_detection))

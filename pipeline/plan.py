@@ -29,8 +29,9 @@ from typing import Any
 import requests
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import preflight, runs
+from pipeline import preflight, runs, validation
 from pipeline.options import ImportOptions
+from pipeline.remote_checks import PREFLIGHT_RETRY
 from transforms.clients.imported import iter_imported
 from transforms.clients.listing import (
     SPLITS,
@@ -56,7 +57,7 @@ DEFAULT_START_RATE = AdaptiveRateLimiter().rate  # requests/s the limiter starts
 
 def requested(argv: list[str]) -> bool:
     """Whether the command line asks for a plan (flags checked first: one-line errors, no usage text)."""
-    preflight.check_command_line(argv)
+    validation.check_command_line(argv)
     opts = PipelineOptions(argv).view_as(ImportOptions)
     return bool(opts.plan or opts.plan_json)  # --plan_json alone asks for a plan too, never for an import
 
@@ -145,10 +146,10 @@ def _class_plan(checked: preflight.Checked, existing: dict[str, str]) -> dict[st
 
 def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int = SAMPLE_SIZE) -> dict[str, Any]:
     rf = RoboflowClient(checked.roboflow.api_url, checked.roboflow.api_key.resolve(),
-                        limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit), retry=preflight.PREFLIGHT_RETRY,
+                        limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit), retry=PREFLIGHT_RETRY,
                         timeout=30.0, pool_size=2)
     sb = SupabaseClient(checked.supabase.url, checked.supabase.service_key.resolve(), bucket=checked.supabase.bucket,
-                        retry=preflight.PREFLIGHT_RETRY, timeout=30.0, max_connections=2)
+                        retry=PREFLIGHT_RETRY, timeout=30.0, max_connections=2)
     try:
         existing = {row["name"]: row["id"]
                     for row in sb.select(checked.tables.classes, "id,name", dataset_id=checked.dataset_id)}

@@ -27,7 +27,7 @@ from apache_beam.runners.runner import PipelineState
 from apache_beam.utils import secret as beam_secret
 
 from pipeline import main as importer
-from pipeline import preflight
+from pipeline import preflight, validation
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.testing.roboflow_emulator import FaultConfig
@@ -147,7 +147,7 @@ def test_dry_run_command_builds_the_dataflow_job_graph(roboflow_emulator, target
         monkeypatch.delenv(name, raising=False)
     secrets = FakeSecretManager({RF_SECRET: emu.config.api_key, SB_SECRET: target.service_role_key})
     monkeypatch.setattr(beam_secret, "GcpSecret", secrets.cls)
-    preflight.check_command_line(flags)
+    validation.check_command_line(flags)
     options = PipelineOptions(flags + ["--dry_run=True"])
     runner, processes = importer.runner_settings(options, flags)
     assert (runner, processes) == ("dataflowrunner", 5 * 4)  # 5 workers x one SDK process per vCPU
@@ -374,6 +374,6 @@ def test_dataflows_kms_key_option_is_not_mistaken_for_an_api_key():
     result = launcher(*[x for pair in LAUNCHER.items() for x in pair], "--roboflow_api_key_secret", RF_SECRET,
                       "--supabase_key_secret", SB_SECRET, kms, "--dry-run")
     assert result.returncode == 0 and kms in result.stdout
-    preflight.check_command_line([kms])
+    validation.check_command_line([kms])
     with pytest.raises(InputError, match="keys are never options"):
-        preflight.check_command_line(["--roboflow_api_key=abc"])
+        validation.check_command_line(["--roboflow_api_key=abc"])

@@ -23,7 +23,8 @@ def imported_modules(path: Path, top_level_only: bool = False) -> set[str]:
     return modules
 
 
-@pytest.mark.parametrize("name", ["plan.py", "preflight.py", "runs.py", "api.py"])
+@pytest.mark.parametrize("name", ["plan.py", "preflight.py", "validation.py", "remote_checks.py", "target.py",
+                                  "runs.py", "api.py"])
 def test_plan_and_preflight_import_no_step_module(name):
     assert STEP_MODULES, "the step modules were not found"
     assert imported_modules(ROOT / "pipeline" / name) & STEP_MODULES == set()
@@ -34,3 +35,10 @@ def test_plan_and_preflight_import_no_step_module(name):
 def test_clients_and_core_import_no_beam(path):
     """At module level: core/secrets.py reads Secret Manager through Beam's helper only when asked to."""
     assert not any(module.split(".")[0] == "apache_beam" for module in imported_modules(path, top_level_only=True))
+
+
+def test_validation_touches_no_network():
+    """The checks that run first need no remote answer (a typo never waits on a timeout)."""
+    network = {"httpx", "requests", "transforms.clients.roboflow", "transforms.clients.supabase",
+               "pipeline.remote_checks", "pipeline.target"}
+    assert imported_modules(ROOT / "pipeline" / "validation.py") & network == set()

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from pipeline import preflight
+from pipeline import validation
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from pipeline.summary import build_summary, letters_by_error, prune_outcome, render
@@ -46,7 +46,7 @@ def opts(*argv: str) -> ImportOptions:
 
 
 def test_split_val_is_taken_for_roboflows_valid():
-    assert preflight.selection_of(opts("--split", "val")).split == "valid"
+    assert validation.selection_of(opts("--split", "val")).split == "valid"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -62,14 +62,14 @@ def test_split_val_is_taken_for_roboflows_valid():
 def test_bad_selections_are_one_line_input_errors(argv, message):
     options = opts(*argv)
     with pytest.raises(InputError, match=re.escape(message)):
-        preflight.check_selection(options, preflight.selection_of(options))
+        validation.check_selection(options, validation.selection_of(options))
 
 
 def test_unknown_class_names_the_valid_ones():
     with pytest.raises(InputError, match=r"--class_name 'helmett' is not a class of ws/p; did you mean 'helmet'\? "
                                          r"its classes: head, helmet, person"):
-        preflight.check_class_filter(Selection(class_name="helmett"), {"person": 1, "helmet": 2, "head": 3}, "ws/p")
-    preflight.check_class_filter(Selection(class_name="head"), {"head": 3}, "ws/p")
+        validation.check_class_filter(Selection(class_name="helmett"), {"person": 1, "helmet": 2, "head": 3}, "ws/p")
+    validation.check_class_filter(Selection(class_name="head"), {"head": 3}, "ws/p")
 
 
 def test_source_refs_of_other_datasets_are_not_ours():
