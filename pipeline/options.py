@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT
+
 DEFAULT_API_URL = "https://api.roboflow.com"
 
 
@@ -25,6 +27,9 @@ class ImportOptions(PipelineOptions):
         rf.add_argument("--roboflow_api_url", default=DEFAULT_API_URL, help="Roboflow API root")
         rf.add_argument("--roboflow_rate_limit", type=float, default=None,
                         help="Roboflow requests per second for the whole job; adapts to 429s when omitted")
+        rf.add_argument("--roboflow_stall_timeout", type=float, default=DEFAULT_STALL_TIMEOUT,
+                        help="Seconds with no successful Roboflow call (only 429s) before the run stops and "
+                             "dead-letters the rest as rate_limited (default 600); 429s are otherwise waited out")
         rf.add_argument("--roboflow_listing", choices=("auto", "token", "offset"), default="auto",
                         help="auto (default): parallel offset pages, completed by a token walk when they come back "
                              "short; token: continuation-token search only, stable but sequential; offset: parallel "

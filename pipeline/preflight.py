@@ -28,7 +28,7 @@ from pipeline.options import ImportOptions
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
 from transforms.clients.roboflow import RoboflowClient, RoboflowError
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
 from transforms.core.redact import redact
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
 from transforms.core.secrets import MissingSecret, SecretRef
@@ -162,6 +162,10 @@ def check_options(opts: ImportOptions) -> None:
     if rate is not None and not rate > 0:  # also NaN
         raise InputError(f"--roboflow_rate_limit must be a positive number of requests per second (got {rate}); "
                          "omit it to adapt to Roboflow's 429s")
+    stall = opts.roboflow_stall_timeout
+    if not stall > 0:  # also NaN
+        raise InputError(f"--roboflow_stall_timeout must be a positive number of seconds (got {stall}); "
+                         f"omit it for the default {DEFAULT_STALL_TIMEOUT:g}")
     if opts.roboflow_version is not None and opts.roboflow_version <= 0:
         raise InputError(f"--roboflow_version must be a positive integer (got {opts.roboflow_version}); "
                          "pass a version number shown in Roboflow, or omit it")
@@ -525,7 +529,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     check_service_key(sb_key, _key_source(opts.supabase_key_secret, SUPABASE_KEY_ENV))
 
     rf = RoboflowClient(api_url, rf_key, limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit),
-                        retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2)
+                        retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2, stall_timeout=opts.roboflow_stall_timeout)
     try:
         info, version_splits, total = check_roboflow(opts, rf, selection)
     finally:
@@ -548,7 +552,8 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
 
     per_worker_rate = opts.roboflow_rate_limit / max(1, workers) if opts.roboflow_rate_limit else None
     roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate,
-                              pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
+                              pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency,
+                              stall_timeout=opts.roboflow_stall_timeout)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=opts.storage_bucket,
                               max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
     return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,

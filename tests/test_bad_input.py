@@ -120,6 +120,8 @@ CASES = {
                                  args={"--concurrency": "-3"}),
     "rate_limit_negative": Case(("--roboflow_rate_limit must be a positive number", "omit it"),
                                 args={"--roboflow_rate_limit": "-5"}),
+    "stall_timeout_zero": Case(("--roboflow_stall_timeout must be a positive number of seconds (got 0.0)",
+                                "default 600"), args={"--roboflow_stall_timeout": "0"}),
     "summary_path_is_a_directory": Case(("--summary_path", "is a directory", "summary.json"),
                                         args={"--summary_path": "{tmp}"}),
     "retry_without_dead_letters": Case(("no dead letters under", "--retry_dead_letters"),

@@ -3,7 +3,7 @@ import random
 import pytest
 
 from tests.unit.fake_time import FakeTime
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import AdaptiveRateLimiter, StallWatch
 
 
 class Slept(Exception):
@@ -207,3 +207,47 @@ def test_callers_that_find_no_token_reserve_the_next_ones_and_sleep_once_each():
     for _ in range(20):
         limiter.acquire()
     assert recorded == pytest.approx([0.01 * k for k in range(1, 21)])
+
+
+# ---- StallWatch -------------------------------------------------------------------------------
+
+
+def test_stall_is_only_declared_after_the_timeout_without_any_success():
+    t = FakeTime()
+    watch = StallWatch(600.0, clock=t.clock)
+    assert not watch.stalled()  # nothing sent yet
+    for _ in range(59):
+        watch.attempt()
+        t.now += 10.0
+    assert not watch.stalled()
+    t.now += 11.0
+    watch.attempt()
+    assert watch.stalled()
+    watch.success()
+    assert not watch.stalled()
+
+
+def test_one_success_anywhere_restarts_the_stall_clock():
+    t = FakeTime()
+    watch = StallWatch(60.0, clock=t.clock)
+    for second in range(300):
+        watch.attempt()
+        if second % 50 == 0:
+            watch.success()
+        assert not watch.stalled()
+        t.now += 1.0
+
+
+def test_idle_time_between_imports_is_not_a_stall():
+    t = FakeTime()
+    watch = StallWatch(60.0, clock=t.clock)
+    watch.attempt()
+    watch.success()
+    t.now += 3600.0
+    watch.attempt()
+    assert not watch.stalled()
+
+
+def test_the_stall_is_reported_once():
+    watch = StallWatch(1.0)
+    assert [watch.first_report() for _ in range(3)] == [True, False, False]

@@ -17,7 +17,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
 from transforms.core.retry import RetryPolicy
 from transforms.core.secrets import SecretRef
 
@@ -31,6 +31,7 @@ class RoboflowConfig:
     pool_size: int = 32
     max_in_flight: int | None = None  # concurrent requests per worker process (--concurrency)
     retry: RetryPolicy = RetryPolicy()
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # --roboflow_stall_timeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,7 @@ def roboflow_client(config: RoboflowConfig) -> _Holder:
         return _Holder(RoboflowClient(
             config.api_url, config.api_key.resolve(), limiter=AdaptiveRateLimiter(config.rate_limit),
             retry=config.retry, timeout=config.timeout, pool_size=config.pool_size,
-            max_in_flight=config.max_in_flight))
+            max_in_flight=config.max_in_flight, stall_timeout=config.stall_timeout))
 
     with _lock:
         return _shared_roboflow.acquire(make, tag=f"roboflow:{hash(config)}:{_key_identity(config.api_key)}")

@@ -28,6 +28,45 @@ import threading
 import time
 from collections.abc import Callable
 
+DEFAULT_STALL_TIMEOUT = 600.0
+
+
+class StallWatch:
+    """Whether the run is stalled on rate limiting: calls kept going out for ``timeout`` seconds and
+    none succeeded. One per client (so per process), shared by its threads: a 429 is waited out for
+    as long as *some* call gets through, and once none has for ``timeout`` every waiting call gives
+    up together instead of each spending its own budget. A gap with no calls at all (between two
+    imports of one process) is idleness, not a stall."""
+
+    def __init__(self, timeout: float = DEFAULT_STALL_TIMEOUT, clock: Callable[[], float] = time.monotonic):
+        self.timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_success: float | None = None
+        self._last_attempt: float | None = None
+        self._announced = False
+
+    def attempt(self) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._last_attempt is None or now - self._last_attempt > self.timeout:
+                self._last_success = now
+            self._last_attempt = now
+
+    def success(self) -> None:
+        with self._lock:
+            self._last_success = self._clock()
+
+    def stalled(self) -> bool:
+        with self._lock:
+            return self._last_success is not None and self._clock() - self._last_success > self.timeout
+
+    def first_report(self) -> bool:
+        """True exactly once per stall: the caller logs the one line saying the run stops."""
+        with self._lock:
+            first, self._announced = not self._announced, True
+            return first
+
 
 def in_flight_gate(max_in_flight: int | None) -> contextlib.AbstractContextManager:
     """A ``with`` gate letting at most ``max_in_flight`` requests through at once (None: no gate)."""
