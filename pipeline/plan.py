@@ -38,7 +38,9 @@ from transforms.prune import iter_imported
 
 EXIT_OK, EXIT_INPUT = 0, 2
 SAMPLE_SIZE = 8  # new images whose size is measured (one details call + one HEAD each)
-DEFAULT_START_RATE = AdaptiveRateLimiter().rate  # requests/s the limiter starts at without --roboflow_rate_limit
+# Requests/s assumed without --roboflow_rate_limit and without a latency to go by: the limiter searches for
+# Roboflow's limit from a low start, so the time is a guess whose basis the plan prints.
+DEFAULT_START_RATE = 200.0
 
 
 def requested(argv: list[str]) -> bool:
@@ -144,11 +146,10 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
     elif latency:
         rate = min(DEFAULT_START_RATE, opts.concurrency / latency)
         rate_basis = (f"no --roboflow_rate_limit: --concurrency {opts.concurrency} / measured details latency "
-                      f"{latency:.3f} s, at most the limiter's start rate {DEFAULT_START_RATE:g}/s; Roboflow's "
-                      "own limit may be lower")
+                      f"{latency:.3f} s, at most {DEFAULT_START_RATE:g}/s; Roboflow's own limit may be lower")
     else:
         rate = DEFAULT_START_RATE
-        rate_basis = f"no --roboflow_rate_limit: the limiter's start rate {DEFAULT_START_RATE:g}/s"
+        rate_basis = f"no --roboflow_rate_limit: assumed {DEFAULT_START_RATE:g}/s; Roboflow's own limit may be lower"
     reasons = []
     if checked.unmapped:
         reasons.append(f"Roboflow classes with no class mapping entry: {', '.join(map(repr, checked.unmapped))}; "

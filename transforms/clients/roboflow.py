@@ -165,6 +165,7 @@ class RoboflowClient:
                 raise RateLimited(f"{route}: 429 {_error_text(resp.text)}", retry_after=retry_after)
             if resp.status_code not in RETRYABLE_STATUS:
                 self.stall.success()  # Roboflow answered: whatever it said, it is not holding us off
+                self.limiter.on_success()
             if resp.status_code in RETRYABLE_STATUS:
                 raise TransientError(f"http_{resp.status_code}", f"{route}: {resp.status_code} "
                                      f"{_error_text(resp.text)}", status=resp.status_code)
