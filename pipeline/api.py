@@ -95,7 +95,7 @@ class RoboflowStreamingImporter:
         return f"RoboflowStreamingImporter(supabase_url={self.supabase_url!r})"
 
     def import_dataset(self, api_key: str, workspace: str, project: str, version: int | None, dataset_id: str,
-                       class_mapping: list[dict[str, Any]] | str, concurrency: int = 20,
+                       class_mapping: list[dict[str, Any]] | str, concurrency: int | None = None,
                        progress_callback: Callable[[Progress], object] | None = None) -> ImportResult:
         """Import ``workspace/project`` into ``dataset_id``; raises :class:`ImportInputError` before any write.
 
@@ -115,8 +115,10 @@ class RoboflowStreamingImporter:
         if not supabase_key:
             raise ImportInputError(f"no Supabase service-role key; pass supabase_key= or set {SUPABASE_KEY_ENV}")
         register_secret(supabase_key)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency <= 0:
-            raise ImportInputError(f"concurrency must be a positive integer (got {concurrency!r}); 20 is the default")
+        if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                        or concurrency <= 0):
+            raise ImportInputError(f"concurrency must be a positive integer (got {concurrency!r}); "
+                                   "None (the default) sizes it from the latency")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise ImportInputError(f"version must be an integer or None (got {version!r})")
         try:
@@ -132,9 +134,11 @@ class RoboflowStreamingImporter:
             argv = [
                 "--roboflow_workspace", str(workspace), "--roboflow_project", str(project),
                 "--dataset_id", str(dataset_id), "--supabase_url", supabase_url, "--class_mapping", mapping,
-                "--concurrency", str(concurrency), "--dead_letter_path", str(out / "dead_letters"),
+                "--dead_letter_path", str(out / "dead_letters"),
                 "--summary_path", str(out / "summary.json"), "--quiet",
             ]
+            if concurrency is not None:
+                argv += ["--concurrency", str(concurrency)]
             if version is not None:
                 argv += ["--roboflow_version", str(version)]
             if self.roboflow_api_url:

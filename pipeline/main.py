@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import launch, plan, preflight
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions
+from pipeline.options import ImportOptions, concurrency_of
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, write_summary
 from transforms.batch_images import BatchImages
@@ -66,9 +66,10 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
                   DEAD_LETTER: p | "NoListing" >> beam.Create([])}
     batches = (listed["ok"] | "NoteListed" >> beam.Map(note_listed)
                | "BatchImages" >> BatchImages(opts.batch_size, shards))
-    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency)
+    # The details pool holds a task per API call Little's law may let in flight (4 x 20 = 80 >= 64).
+    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, concurrency_of(opts))
     stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
-                                                            opts.concurrency)
+                                                            concurrency_of(opts))
     written = stored["ok"] | "WriteRows" >> WriteRows(checked.supabase, context)
     (
         (listed[DEAD_LETTER], details[DEAD_LETTER], stored[DEAD_LETTER], written[DEAD_LETTER])

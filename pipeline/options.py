@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT
 
 DEFAULT_API_URL = "https://api.roboflow.com"
+DEFAULT_CONCURRENCY = 20  # requests in flight per process to Storage, PostgREST and the CDN without --concurrency
+
+
+def concurrency_of(opts) -> int:
+    """Requests in flight per process for everything but Roboflow's API (which Little's law sizes)."""
+    return opts.concurrency or DEFAULT_CONCURRENCY
 
 
 class ImportOptions(PipelineOptions):
@@ -56,8 +62,10 @@ class ImportOptions(PipelineOptions):
                          help="Directory for dead letters (JSON Lines); gs:// works on Dataflow")
         run.add_argument("--summary_path", default="import-output/summary.json", help="Summary JSON file")
         run.add_argument("--batch_size", type=int, default=50, help="Images per batch")
-        run.add_argument("--concurrency", type=int, default=20,
-                         help="Concurrent requests per worker process")
+        run.add_argument("--concurrency", type=int, default=None,
+                         help=f"Concurrent requests per worker process, an upper bound. Default: Roboflow API "
+                              f"calls as Little's law asks for the rate and the latency measured (at most "
+                              f"{AUTO_MAX_IN_FLIGHT}), {DEFAULT_CONCURRENCY} for everything else")
         run.add_argument("--retry_dead_letters", default=None,
                          help="Directory of an earlier run's dead letters: re-import exactly those images")
         run.add_argument("--shards", type=int, default=None,

@@ -31,7 +31,7 @@ from pipeline.options import ImportOptions
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.convert import parse_details
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, AdaptiveRateLimiter
 from transforms.core.redact import redact
 from transforms.list_images import SPLITS, ListingSpec, Selection, fetch_page, iter_pages, selection_query
 from transforms.prune import iter_imported
@@ -144,8 +144,9 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
     if opts.roboflow_rate_limit:
         rate, rate_basis = opts.roboflow_rate_limit, "--roboflow_rate_limit"
     elif latency:
-        rate = min(DEFAULT_START_RATE, opts.concurrency / latency)
-        rate_basis = (f"no --roboflow_rate_limit: --concurrency {opts.concurrency} / measured details latency "
+        in_flight = opts.concurrency or AUTO_MAX_IN_FLIGHT
+        rate = min(DEFAULT_START_RATE, in_flight / latency)
+        rate_basis = (f"no --roboflow_rate_limit: {in_flight} calls in flight / measured details latency "
                       f"{latency:.3f} s, at most {DEFAULT_START_RATE:g}/s; Roboflow's own limit may be lower")
     else:
         rate = DEFAULT_START_RATE

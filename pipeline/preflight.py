@@ -24,11 +24,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from pipeline.class_mapping import AUTO, MappingEntry, ResolvedMapping, load_class_mapping, resolve_mapping
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions
+from pipeline.options import ImportOptions, concurrency_of
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
 from transforms.clients.roboflow import RoboflowClient, RoboflowError
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
 from transforms.core.redact import redact
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
 from transforms.core.secrets import MissingSecret, SecretRef
@@ -156,7 +156,8 @@ def check_options(opts: ImportOptions) -> None:
     for name in ("batch_size", "concurrency", "shards"):
         value, default = getattr(opts, name), getattr(defaults, name)
         if value is not None and value <= 0:
-            hint = f"omit it for the default {default}" if default is not None else "omit it for 4 x workers"
+            hint = (f"omit it for the default {default}" if default is not None else
+                    "omit it to size it from the latency" if name == "concurrency" else "omit it for 4 x workers")
             raise InputError(f"--{name} must be a positive integer (got {value}); {hint}")
     rate = opts.roboflow_rate_limit
     if rate is not None and not rate > 0:  # also NaN
@@ -551,11 +552,13 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
         sb.close()
 
     per_worker_rate = opts.roboflow_rate_limit / max(1, workers) if opts.roboflow_rate_limit else None
+    concurrency = concurrency_of(opts)
+    api_in_flight = opts.concurrency or AUTO_MAX_IN_FLIGHT
     roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate,
-                              pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency,
-                              stall_timeout=opts.roboflow_stall_timeout)
+                              pool_size=max(8, api_in_flight + concurrency + 4), max_in_flight=concurrency,
+                              max_api_in_flight=api_in_flight, stall_timeout=opts.roboflow_stall_timeout)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=opts.storage_bucket,
-                              max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
+                              max_connections=max(8, 2 * concurrency + 4), max_in_flight=concurrency)
     return Checked(opts.dataset_id, opts.roboflow_workspace, opts.roboflow_project, opts.roboflow_version,
                    roboflow, supabase, listing_spec(opts, selection, total), info, version_splits, resolved,
                    bucket_exists, int(limit) if limit else None, selection, unmapped,

@@ -116,7 +116,7 @@ CASES = {
                           args={"--runner": "DirectRunner"}),
     "batch_size_zero": Case(("--batch_size must be a positive integer (got 0)", "default 50"),
                             args={"--batch_size": "0"}),
-    "concurrency_negative": Case(("--concurrency must be a positive integer (got -3)", "default 20"),
+    "concurrency_negative": Case(("--concurrency must be a positive integer (got -3)", "size it from the latency"),
                                  args={"--concurrency": "-3"}),
     "rate_limit_negative": Case(("--roboflow_rate_limit must be a positive number", "omit it"),
                                 args={"--roboflow_rate_limit": "-5"}),

@@ -1,10 +1,11 @@
 import heapq
 import random
+import threading
 
 import pytest
 
 from tests.unit.fake_time import FakeTime
-from transforms.core.ratelimit import AdaptiveRateLimiter, StallWatch
+from transforms.core.ratelimit import AdaptiveRateLimiter, LittleGate, StallWatch
 
 
 class Slept(Exception):
@@ -329,3 +330,35 @@ def test_idle_time_between_imports_is_not_a_stall():
 def test_the_stall_is_reported_once():
     watch = StallWatch(1.0)
     assert [watch.first_report() for _ in range(3)] == [True, False, False]
+
+
+# ---- LittleGate -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rate", "latency", "upper", "expected"),
+                         [(100.0, 0.3, 64, 47), (100.0, 0.05, 64, 10), (50.0, 0.15, 64, 14), (100.0, 0.3, 20, 20),
+                          (1.0, 0.1, 64, 8)])
+def test_calls_in_flight_follow_littles_law_within_bounds(rate, latency, upper, expected):
+    t = FakeTime()
+    gate = LittleGate(limiter_with(t, rate), upper, clock=t.clock)
+    assert gate.limit == 8  # no latency measured yet: a safe start
+    gate.latency = latency
+    assert gate.limit == expected
+
+
+def test_the_gate_measures_latency_and_holds_callers_at_its_limit():
+    t = FakeTime()
+    gate = LittleGate(limiter_with(t, 100.0), 64, lower=2, smoothing=1.0, clock=t.clock)
+    with gate:
+        t.now += 0.3
+    assert gate.latency == pytest.approx(0.3)
+    assert gate.limit == 47
+    gate.latency = None  # back to the lower bound of 2: a third caller waits until one leaves
+    entered = threading.Event()
+    with gate, gate:
+        waiter = threading.Thread(target=lambda: gate.__enter__() and entered.set())
+        waiter.start()
+        assert not entered.wait(0.2)
+    assert entered.wait(2.0)
+    waiter.join()
+    assert gate.in_flight == 1

@@ -17,7 +17,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
 from transforms.core.retry import RetryPolicy
 from transforms.core.secrets import SecretRef
 
@@ -29,7 +29,8 @@ class RoboflowConfig:
     rate_limit: float | None = None  # requests/s for this worker process; None = adapt
     timeout: float = 30.0
     pool_size: int = 32
-    max_in_flight: int | None = None  # concurrent requests per worker process (--concurrency)
+    max_in_flight: int | None = None  # concurrent CDN downloads per worker process
+    max_api_in_flight: int = AUTO_MAX_IN_FLIGHT  # upper bound of the API calls Little's law lets in flight
     retry: RetryPolicy = RetryPolicy()
     stall_timeout: float = DEFAULT_STALL_TIMEOUT  # --roboflow_stall_timeout
 
@@ -75,7 +76,8 @@ def roboflow_client(config: RoboflowConfig) -> _Holder:
         return _Holder(RoboflowClient(
             config.api_url, config.api_key.resolve(), limiter=AdaptiveRateLimiter(config.rate_limit),
             retry=config.retry, timeout=config.timeout, pool_size=config.pool_size,
-            max_in_flight=config.max_in_flight, stall_timeout=config.stall_timeout))
+            max_in_flight=config.max_in_flight, max_api_in_flight=config.max_api_in_flight,
+            stall_timeout=config.stall_timeout))
 
     with _lock:
         return _shared_roboflow.acquire(make, tag=f"roboflow:{hash(config)}:{_key_identity(config.api_key)}")

@@ -23,7 +23,14 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter, StallWatch, in_flight_gate
+from transforms.core.ratelimit import (
+    AUTO_MAX_IN_FLIGHT,
+    DEFAULT_STALL_TIMEOUT,
+    AdaptiveRateLimiter,
+    LittleGate,
+    StallWatch,
+    in_flight_gate,
+)
 from transforms.core.redact import redact, register_secret
 from transforms.core.retry import (
     PermanentError,
@@ -109,6 +116,7 @@ class RoboflowClient:
         pool_size: int = 32,
         not_found_retries: int = 2,
         max_in_flight: int | None = None,
+        max_api_in_flight: int = AUTO_MAX_IN_FLIGHT,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ):
         register_secret(api_key)
@@ -119,7 +127,8 @@ class RoboflowClient:
         self.timeout = timeout
         self.not_found_retries = not_found_retries
         self.stats = CallStats()
-        self._gate = in_flight_gate(max_in_flight)
+        self._gate = in_flight_gate(max_in_flight)  # CDN downloads
+        self.api_gate = LittleGate(self.limiter, max_api_in_flight)
         self._api = self._session(pool_size, {"Authorization": f"Bearer {api_key}"})
         self._cdn = self._session(pool_size, {})
 
@@ -155,7 +164,7 @@ class RoboflowClient:
                 count("roboflow.throttled_seconds", waited)
             self.stats.count_call(route)
             try:
-                with self._gate:
+                with self.api_gate:
                     resp = self._api.request(method, url, json=body, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise TransientError("connection", f"{route}: {type(exc).__name__}: {redact(exc)}") from None

@@ -102,6 +102,55 @@ def _same_share(share: float, n: int, before: float, before_n: int) -> bool:
     return abs(share - before) <= chance and share >= 0.6 * before  # a cut under a limit shrinks it far more
 
 
+AUTO_MAX_IN_FLIGHT = 64  # Roboflow API calls in flight per process without --concurrency: 100/s at 0.6 s
+
+
+class LittleGate:
+    """At most as many API calls in flight as Little's law asks for the limiter's rate and the latency
+    measured (``rate x latency x headroom``, plus a few), between ``lower`` and ``upper``.
+
+    A fixed number is wrong for some latency: 20 in flight reach 100/s only while Roboflow answers
+    within 0.2 s. Headroom keeps the gate from being what holds the rate back (only the limiter's bucket
+    does that, and it grows when callers wait for it); the bound keeps a slow answer from piling
+    requests up. Start: ``lower``, until the first answers say how long one takes.
+    """
+
+    def __init__(self, limiter: AdaptiveRateLimiter, upper: int, *, lower: int = 8, headroom: float = 1.5,
+                 smoothing: float = 0.1, clock: Callable[[], float] = time.monotonic):
+        self.limiter = limiter
+        self.upper = upper
+        self.lower = min(lower, upper)
+        self.headroom = headroom
+        self.smoothing = smoothing
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._local = threading.local()
+        self.in_flight = 0
+        self.latency: float | None = None
+
+    @property
+    def limit(self) -> int:
+        if self.latency is None:
+            return self.lower
+        wanted = math.ceil(self.limiter.rate * self.latency * self.headroom) + 2
+        return max(self.lower, min(self.upper, wanted))
+
+    def __enter__(self) -> LittleGate:
+        with self._cond:
+            while self.in_flight >= self.limit:
+                self._cond.wait(0.05)  # the limit also moves with the rate, which no notify announces
+            self.in_flight += 1
+        self._local.start = self._clock()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        took = self._clock() - self._local.start
+        with self._cond:
+            self.in_flight -= 1
+            self.latency = took if self.latency is None else self.latency + self.smoothing * (took - self.latency)
+            self._cond.notify()
+
+
 def in_flight_gate(max_in_flight: int | None) -> contextlib.AbstractContextManager:
     """A ``with`` gate letting at most ``max_in_flight`` requests through at once (None: no gate)."""
     return threading.BoundedSemaphore(max_in_flight) if max_in_flight else contextlib.nullcontext()
