@@ -50,10 +50,13 @@ bucket for everyone on a random 429's hint.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STALL_TIMEOUT = 600.0
 
@@ -228,7 +231,10 @@ class AdaptiveRateLimiter:
     def _set_rate(self, rate: float, now: float) -> None:
         """A new rate starts a new epoch: answers to requests reserved before it say nothing about it."""
         rate = max(self.min_rate, rate)
-        self.rate = rate if self.max_rate is None else min(self.max_rate, rate)
+        rate = rate if self.max_rate is None else min(self.max_rate, rate)
+        log.debug("rate %.1f -> %.1f/s after %d answers, %d of them 429 (floor %.3f)",
+                  self.rate, rate, self._answered, self._throttled, self.floor)
+        self.rate = rate
         self._epoch += 1
         self._new_round(now)
 
@@ -272,8 +278,9 @@ class AdaptiveRateLimiter:
             # 429s: that is the limit, or our part of it when other processes share the key. Go just under.
             sent_rate = min(self.rate, self._sent / elapsed) if self._sent else self.rate
             limit = sent_rate * (1.0 - share) / (1.0 - self.floor)
-            self._last_cut = (self.rate, share, n, 0)
-            self._slow_start_before_cut, self._step_before_cut = self._slow_start, self._step
+            if last_cut is None:  # a new episode; a cut right after a cut keeps the episode's first rate
+                self._slow_start_before_cut, self._step_before_cut = self._slow_start, self._step
+            self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
             self._slow_start = False
             self._step = self.first_step
             self._set_rate(min(self.rate, max(0.3 * self.rate, limit * (1.0 - self.margin))), now)
