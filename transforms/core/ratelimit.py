@@ -33,7 +33,9 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   than the limit allows (no image is lost; the run is slower).
 * **Probing speeds up while it meets no limit.** Slow start (x1.5 a round) until the first cut, then
   growth of ``first_step`` that doubles each clean round (up to ``max_step``) and resets at the first
-  429s, so the limit is held with few wasted calls and a risen limit is found in a few rounds. Growth
+  429s, so a risen limit is found in a few rounds; within 10 % of the limit the last cut measured it
+  only creeps by ``first_step`` (as TCP CUBIC flattens near its last loss), since a gateway's bucket
+  can hide a leap over it for seconds and then answer a burst of 429s. Growth
   needs callers to have been held back: a process that the number of requests in flight limits
   learns nothing by raising a rate it does not use.
 
@@ -118,7 +120,7 @@ class LittleGate:
     requests up. Start: ``lower``, until the first answers say how long one takes.
     """
 
-    def __init__(self, limiter: AdaptiveRateLimiter, upper: int, *, lower: int = 8, headroom: float = 1.5,
+    def __init__(self, limiter: AdaptiveRateLimiter, upper: int, *, lower: int = 16, headroom: float = 2.0,
                  smoothing: float = 0.1, clock: Callable[[], float] = time.monotonic):
         self.limiter = limiter
         self.upper = upper
@@ -203,6 +205,7 @@ class AdaptiveRateLimiter:
         self._floor_n = 0  # answers the floor was measured on (0: no floor found)
         self._over = self._probed = False  # last round: just over the limit; last change: a probe up
         self._lowered = False  # last change: a cut or trim
+        self._known_limit: float | None = None  # the limit the last cut measured
         self._slow_start = rate is None  # a known limit is where we start; an unknown one is searched for
         self._step = max_step if self._slow_start else first_step
         self._slow_start_before_cut, self._step_before_cut = self._slow_start, self._step
@@ -286,6 +289,7 @@ class AdaptiveRateLimiter:
             self._set_rate(min(self.rate, max(0.3 * self.rate, limit * (1.0 - self.margin))), now)
             self._tokens = min(self._tokens, 0.0)
             self._lowered = True
+            self._known_limit = limit
             return
         if n < p * (1.0 - p) / self.precision**2 and elapsed < self.max_round:
             return  # too few answers to tell a small excess from the floor's noise: keep counting
@@ -306,8 +310,13 @@ class AdaptiveRateLimiter:
             self._probed = False
             self._new_round(now)
         elif self._held_back and (self.max_rate is None or self.rate < self.max_rate):
-            grown = self.rate * (1.0 + (self.max_step if self._slow_start else self._step))
-            if not self._slow_start:  # each clean round probes further: a risen limit is found in a few
+            step = self.max_step if self._slow_start else self._step
+            near = self._known_limit is not None and 0.9 * self._known_limit <= self.rate * (1.0 + step) \
+                and self.rate <= 1.1 * self._known_limit
+            if near:  # around the last limit measured: creep, as a gateway's bucket hides a leap for a while
+                step = self._step = self.first_step
+            grown = self.rate * (1.0 + step)
+            if not self._slow_start and not near:  # each clean round probes further: a risen limit is found fast
                 self._step = min(self.max_step, self._step * 2)
             self._probed = True
             self._set_rate(grown, now)
