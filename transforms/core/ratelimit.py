@@ -17,8 +17,8 @@ struggling backend but does not pace, so against a token bucket it keeps sending
 * **Cut to the measured limit, not by half.** Over a token bucket, the gateway lets through exactly
   its rate; a round (``window`` seconds and ``min_samples`` answers) with a share s of 429s at send
   rate r says the limit is about r(1-s). The cut goes just under that (``margin``), so the sawtooth
-  stays near the limit instead of averaging three quarters of it, and a limit that drops is followed
-  in one round.
+  stays near the limit instead of averaging three quarters of it; at most ``max_cut`` a round, since
+  requests sleeping out a Retry-After make a round's measure read low.
 * **Random 429s are a floor, told apart by experiment.** A 429 is first a signal to slow down, so
   a share of 429s above the ``floor`` cuts. If the round after the cut (only answers to requests
   paced at the new rate count: every rate change starts an epoch) shows the same share, and again
@@ -174,6 +174,7 @@ class AdaptiveRateLimiter:
         precision: float = 0.03,
         tolerance: float = 0.02,
         margin: float = 0.03,
+        max_cut: float = 0.3,
         first_step: float = 0.02,
         max_step: float = 0.5,
         floor_memory: int = 2000,
@@ -190,6 +191,7 @@ class AdaptiveRateLimiter:
         self.precision = precision
         self.tolerance = tolerance
         self.margin = margin
+        self.max_cut = max_cut
         self.first_step = first_step
         self.max_step = max_step
         self.floor_memory = floor_memory
@@ -286,10 +288,14 @@ class AdaptiveRateLimiter:
             self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
             self._slow_start = False
             self._step = self.first_step
-            self._set_rate(min(self.rate, max(0.3 * self.rate, limit * (1.0 - self.margin))), now)
+            # At most ``max_cut`` a round: while 429'd requests sleep out their Retry-After, fewer are sent
+            # and the round's measure of the limit reads low; if the limit really fell further, the next
+            # round cuts again (a drop from 100/s to 30/s takes three or four rounds).
+            cut_to = min(self.rate, max((1.0 - self.max_cut) * self.rate, limit * (1.0 - self.margin)))
+            self._set_rate(cut_to, now)
             self._tokens = min(self._tokens, 0.0)
             self._lowered = True
-            self._known_limit = limit
+            self._known_limit = cut_to / (1.0 - self.margin)
             return
         if n < p * (1.0 - p) / self.precision**2 and elapsed < self.max_round:
             return  # too few answers to tell a small excess from the floor's noise: keep counting
