@@ -171,7 +171,7 @@ class AdaptiveRateLimiter:
         window: float = 1.0,
         min_samples: int = 20,
         max_round: float = 8.0,
-        precision: float = 0.03,
+        precision: float = 0.04,
         tolerance: float = 0.02,
         margin: float = 0.03,
         max_cut: float = 0.3,
@@ -210,7 +210,6 @@ class AdaptiveRateLimiter:
         self._known_limit: float | None = None  # the limit the last cut measured
         self._slow_start = rate is None  # a known limit is where we start; an unknown one is searched for
         self._step = max_step if self._slow_start else first_step
-        self._slow_start_before_cut, self._step_before_cut = self._slow_start, self._step
         # Before the last cut: (rate, share of 429s, answers it was measured on, second cuts tried)
         self._last_cut: tuple[float, float, int, int] | None = None
         self._epoch = 0
@@ -274,7 +273,8 @@ class AdaptiveRateLimiter:
                 self._set_rate(self.rate * max(0.5, 1.0 - (share - self.floor)), now)
             else:
                 self._learn_floor(share * n + before_share * before_n, n + before_n)
-                self._slow_start, self._step = self._slow_start_before_cut, self._step_before_cut
+                # No limit was found, only noise: search from the restored rate as at the start.
+                self._slow_start, self._step, self._known_limit = True, self.max_step, None
                 self._set_rate(before, now)
             return
         excess = share - self.floor
@@ -284,8 +284,7 @@ class AdaptiveRateLimiter:
             sent_rate = min(self.rate, self._sent / elapsed) if self._sent else self.rate
             limit = sent_rate * (1.0 - share) / (1.0 - self.floor)
             if last_cut is None:  # a new episode; a cut right after a cut keeps the episode's first rate
-                self._slow_start_before_cut, self._step_before_cut = self._slow_start, self._step
-            self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
+                    self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
             self._slow_start = False
             self._step = self.first_step
             # At most ``max_cut`` a round: while 429'd requests sleep out their Retry-After, fewer are sent
