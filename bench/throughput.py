@@ -471,10 +471,16 @@ def case_figures(case: LimitCase, pipeline: dict, timeline: list[dict]) -> dict[
     if change is not None:
         figures["change_at_s"] = change
         after = [s for s in timeline if s["t"] >= change]
-        for i in range(len(after)):  # first second from which 3 s running hold <= 5 % 429s (noise excluded)
+        rose = after and after[0]["limit"] > timeline[0]["limit"]
+        for i in range(len(after)):
+            # A drop: the first second from which 3 s running hold <= 5 % 429s (noise excluded). A rise: the
+            # first from which 3 s running get >= 0.9 of the new limit through.
             window = after[i:i + 3]
             calls = sum(s["passed"] + s["limited"] for s in window)
-            if len(window) == 3 and calls and sum(s["limited"] for s in window) / calls <= 0.05:
+            if len(window) < 3 or not calls:
+                continue
+            if (sum(s["passed"] for s in window) >= 0.9 * sum(s["limit"] for s in window) if rose
+                    else sum(s["limited"] for s in window) / calls <= 0.05):
                 figures["converged_after_change_s"] = window[0]["t"] - change
                 break
     return figures
