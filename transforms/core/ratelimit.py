@@ -263,7 +263,7 @@ class AdaptiveRateLimiter:
         if self._last_cut is not None and n < 2 * self.min_samples and elapsed < self.max_round:
             return  # the round after a cut decides what the 429s were: it needs answers enough to tell
         last_cut, self._last_cut = self._last_cut, None
-        if last_cut is not None and share - self.floor > threshold and _same_share(share, n, *last_cut[1:3]):
+        if last_cut is not None and share - self.floor > 2.0 * sigma and _same_share(share, n, *last_cut[1:3]):
             # Cutting the rate did not change the share of 429s. Once, that can be a gateway's big bucket
             # draining (it hid part of the excess before the cut); twice, the 429s do not depend on our
             # rate (a flaky proxy, random gateway faults). Against a real limit the share falls.
@@ -306,6 +306,8 @@ class AdaptiveRateLimiter:
         over, self._over = self._over, excess > 2.0 * sigma
         if self._over and (over or self._probed):
             # Just over the limit (a few 429s) after a probe, or twice running: trim them off, probe gently.
+            # A trim is an experiment too: at a low rate, random 429s show as such small excesses only.
+            self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
             self._step = self.first_step
             self._probed = False
             self._set_rate(self.rate * (1.0 - excess), now)
