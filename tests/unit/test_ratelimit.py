@@ -213,7 +213,7 @@ def test_the_cut_goes_to_just_under_what_the_gateway_let_through():
     assert limiter.rate == pytest.approx(100 * (1 - 20 / 101) * 0.97, rel=0.05)
 
 
-def test_one_cut_takes_at_most_thirty_percent_off():
+def test_one_cut_takes_at_most_half_off():
     t = FakeTime()
     limiter = limiter_with(t, None, initial_rate=100.0, min_samples=10)
     for _ in range(100):
@@ -221,7 +221,7 @@ def test_one_cut_takes_at_most_thirty_percent_off():
         limiter.on_throttled()
     t.now += 1.0
     limiter.on_throttled()
-    assert limiter.rate == pytest.approx(70.0)
+    assert limiter.rate == pytest.approx(50.0)
 
 
 def test_rate_never_drops_below_min_rate():

@@ -174,7 +174,7 @@ class AdaptiveRateLimiter:
         precision: float = 0.04,
         tolerance: float = 0.02,
         margin: float = 0.03,
-        max_cut: float = 0.3,
+        max_cut: float = 0.5,
         first_step: float = 0.02,
         max_step: float = 0.5,
         floor_memory: int = 2000,
@@ -289,7 +289,7 @@ class AdaptiveRateLimiter:
             self._step = self.first_step
             # At most ``max_cut`` a round: while 429'd requests sleep out their Retry-After, fewer are sent
             # and the round's measure of the limit reads low; if the limit really fell further, the next
-            # round cuts again (a drop from 100/s to 30/s takes three or four rounds).
+            # round cuts again (a drop from 100/s to 30/s takes two).
             cut_to = min(self.rate, max((1.0 - self.max_cut) * self.rate, limit * (1.0 - self.margin)))
             self._set_rate(cut_to, now)
             self._tokens = min(self._tokens, 0.0)
