@@ -171,7 +171,7 @@ def test_random_429s_that_do_not_depend_on_the_rate_do_not_collapse_it():
 
 @pytest.mark.parametrize(("noise", "over_noise"), [(0.1, 0.05), (0.2, 0.08)])
 def test_a_real_limit_under_random_noise_is_still_found(noise, over_noise):
-    """The issue's target is noise + 5 points; at 20 % noise this seed measures 6.7 points (README)."""
+    """The issue's target is noise + 5 points; at 20 % noise this seed measures 5.5 points, so 8 leave room."""
     client = Client(latency=0.1)
     run([client], Gateway(60, noise=noise, seed=4), 120)
     accepted, wasted = tally([client], 1040, 1120)
