@@ -4,6 +4,7 @@
     .venv/bin/python bench/throughput.py --images 20000 --baselines none
     .venv/bin/python bench/throughput.py --images 5000 --adaptive    # the limit is not given to the importer
     .venv/bin/python bench/throughput.py --images 5000 --unthrottled --profile
+    .venv/bin/python bench/throughput.py --matrix --images 2000  # limit shapes, limit not given (issue 12)
 
 Starts the Roboflow emulator (rate limit, latencies and image sizes from the flags) and the local Supabase
 stack as their own processes, runs ``python -m pipeline.main`` against them as a third process, and
@@ -181,6 +182,7 @@ class Workload:
     adaptive: bool
     export_size_ratio: float = 1.0
     seed: int = 5
+    emulator_flags: tuple[str, ...] = ()  # the limit's shape (burst, Retry-After, changes, random 429s)
 
 
 class Bench:
@@ -200,6 +202,7 @@ class Bench:
                 "--export-size-ratio", str(w.export_size_ratio)]
         if w.rate_limit:
             argv += ["--rate-limit", str(w.rate_limit)]
+        argv += list(w.emulator_flags)
         self.emulator = StandIn("emulator", argv, self.workdir)
         self.stack = StandIn("supabase", ["-m", "pipeline.testing.supabase_stack", "--bucket", "od-images",
                                           "--bucket", "baseline-sdk", "--bucket", "baseline-zip"], self.workdir)
@@ -233,6 +236,9 @@ class Bench:
 
     def emulator_counters(self) -> dict[str, int]:
         return requests.get(f"{self.api_url}/__emulator/counters", timeout=10).json()
+
+    def emulator_timeline(self) -> list[dict[str, float]]:
+        return requests.get(f"{self.api_url}/__emulator/timeline", timeout=10).json()
 
     def reset_emulator_counters(self) -> None:
         requests.delete(f"{self.api_url}/__emulator/counters", timeout=10).raise_for_status()
@@ -412,6 +418,146 @@ def _package(frame: str) -> str:
     return f"ours: {top}" if top in ("transforms", "pipeline") else top or "native"
 
 
+# -- the rate-limit matrix (issue 12): limit shapes the importer is not told about -----------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LimitCase:
+    name: str
+    rate: float
+    flags: tuple[str, ...] = ()
+    api_latency_ms: float = 50.0
+    importer: tuple[str, ...] = ()
+    noise: float = 0.0  # random 429s on top of the limit
+    hard: bool = False  # pictured in the README
+
+
+MATRIX = (
+    LimitCase("50/s, 1 s burst, Retry-After on all", 50,
+              ("--rate-limit-burst-s", "1", "--rate-limit-retry-after", "all")),
+    LimitCase("100/s, 0.1 s burst, no Retry-After, 100 ms", 100, ("--rate-limit-retry-after", "none"), 100.0),
+    LimitCase("50/s + 10% random 429s", 50, ("--throttle-rate", "0.1"), noise=0.1, hard=True),
+    LimitCase("100/s dropping to 30/s after 1,000 calls", 100,
+              ("--rate-limit-change-per-s", "30", "--rate-limit-change-after-calls", "1000"), 100.0, hard=True),
+    LimitCase("30/s rising to 100/s after 600 calls", 30,
+              ("--rate-limit-change-per-s", "100", "--rate-limit-change-after-calls", "600"), 100.0),
+    LimitCase("100/s, 10 s burst, 150 ms", 100, ("--rate-limit-burst-s", "10"), 150.0),
+    LimitCase("100/s, 300 ms", 100, (), 300.0, hard=True),
+    LimitCase("50/s, 2 processes on one key", 50, (), 50.0,
+              ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
+    LimitCase("50/s, 4 processes on one key", 50, (), 50.0,
+              ("--direct_running_mode=multi_processing", "--direct_num_workers=4"), hard=True),
+)
+
+
+def case_figures(case: LimitCase, pipeline: dict, timeline: list[dict]) -> dict[str, Any]:
+    """The matrix's columns from the importer's run and the emulator's per-second timeline."""
+    figures: dict[str, Any] = {"exit_code": pipeline["exit_code"], "dead_letters": pipeline["dead_letters"],
+                               "rows": pipeline["rows"], "wall_s": pipeline["wall_seconds"],
+                               "whole_run_img_s": pipeline["mean_images_per_s"],
+                               "share_429": pipeline["api_429s"] / max(1, pipeline["api_calls"])}
+    if not timeline:
+        return figures
+    seconds = len(timeline)
+    figures["api_seconds"] = seconds
+    figures["api_run_img_s"] = pipeline["rows"] / seconds  # from the first Roboflow call: Beam's start-up left out
+    changes = [s["t"] for prev, s in zip(timeline, timeline[1:], strict=False) if s["limit"] != prev["limit"]]
+    change = changes[0] if changes else None
+    # Steady: after the first 10 s (and 10 s after a change), before the last 10 % of the run.
+    quiet = [s for s in timeline if 10 <= s["t"] < 0.9 * seconds
+             and (change is None or not change <= s["t"] < change + 10)]
+    if quiet:
+        figures["steady_of_limit"] = sum(s["passed"] for s in quiet) / sum(s["limit"] for s in quiet)
+    if change is not None:
+        figures["change_at_s"] = change
+        after = [s for s in timeline if s["t"] >= change]
+        rose = after and after[0]["limit"] > timeline[0]["limit"]
+        for i in range(len(after)):
+            # A drop: the first second from which 3 s running hold <= 5 % 429s (noise excluded). A rise: the
+            # first from which 3 s running get >= 0.9 of the new limit through.
+            window = after[i:i + 3]
+            calls = sum(s["passed"] + s["limited"] for s in window)
+            if len(window) < 3 or not calls:
+                continue
+            if (sum(s["passed"] for s in window) >= 0.9 * sum(s["limit"] for s in window) if rose
+                    else sum(s["limited"] for s in window) / calls <= 0.05):
+                figures["converged_after_change_s"] = window[0]["t"] - change
+                break
+    return figures
+
+
+def plot_case(case: LimitCase, figures: dict, timeline: list[dict], path: Path) -> None:
+    import matplotlib  # a dev dependency: only the benchmark draws
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    t = [s["t"] for s in timeline]
+    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=100)
+    ax.step(t, [s["limit"] for s in timeline], where="post", color="black", lw=1.5, label="limit enforced")
+    ax.plot(t, [s["passed"] + s["limited"] for s in timeline], color="tab:blue", lw=1, label="sent by the importer")
+    ax.plot(t, [s["passed"] for s in timeline], color="tab:green", lw=1, label="let through")
+    ax.bar(t, [s["limited"] for s in timeline], width=1.0, color="tab:red", alpha=0.6, label="answered 429 (limit)")
+    ax.set_xlabel("seconds since the first Roboflow call")
+    ax.set_ylabel("API calls / s")
+    ax.set_title(f"{case.name}: 429 share {figures['share_429']:.1%}, dead letters {figures['dead_letters']}, "
+                 f"steady {figures.get('steady_of_limit', 0):.2f} of the limit", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_matrix(args, importer_args: list[str]) -> int:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = ROOT / "bench" / "results" / f"ratelimit-{stamp}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cases = [c for c in MATRIX if not args.cases or any(k in c.name for k in args.cases.split(","))]
+    results = []
+    for number, case in enumerate(cases, 1):
+        workload = Workload(images=args.images, rate_limit=case.rate, api_latency_ms=case.api_latency_ms,
+                            cdn_latency_ms=args.cdn_latency_ms, image_kb=tuple(args.image_kb), adaptive=True,
+                            emulator_flags=case.flags)
+        workdir = Path(tempfile.mkdtemp(prefix="bench-ratelimit-"))
+        load = os.getloadavg()[0]
+        try:
+            with Bench(workload, workdir) as bench:
+                pipeline = bench.run_pipeline([*case.importer, *importer_args], None)
+                timeline = bench.emulator_timeline()
+        except (RuntimeError, OSError, requests.RequestException) as exc:
+            print(f"{case.name}: could not run: {exc}", file=sys.stderr)
+            return 1
+        figures = {**case_figures(case, pipeline, timeline), "load_1min_before": load}
+        picture = out_dir / f"case{number}.png"
+        plot_case(case, figures, timeline, picture)
+        results.append({"case": dataclasses.asdict(case), "figures": figures, "timeline": timeline,
+                        "picture": str(picture), "log": pipeline["log"]})
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+        print(f"{case.name}: {json.dumps(shown)}", flush=True)
+    (out_dir / "matrix.json").write_text(json.dumps(results, indent=2))
+    print()
+    print(matrix_table(results))
+    print(f"\npictures and json: {out_dir}")
+    return 0 if all(r["figures"]["exit_code"] == 0 for r in results) else 3
+
+
+def matrix_table(results: list[dict]) -> str:
+    head = ("| limit shape (not given to the importer) | API latency | exit | dead letters | whole-run img/s "
+            "(from 1st API call) | steady / limit | 429 share | converged after change | load |")
+    lines = [head, "|" + "---|" * 9]
+    for r in results:
+        c, f = r["case"], r["figures"]
+        conv = f.get("converged_after_change_s")
+        converged = "-" if "change_at_s" not in f else f"{conv:.0f} s" if conv is not None else "not in the run"
+        noise = f" (random {c['noise']:.0%})" if c["noise"] else ""
+        lines.append(
+            f"| {c['name']} | {c['api_latency_ms']:g} ms | {f['exit_code']} | {f['dead_letters']} | "
+            f"{_fmt(f['whole_run_img_s'])} ({_fmt(f.get('api_run_img_s'))}) | "
+            f"{_fmt(f.get('steady_of_limit'), 2)} | "
+            f"{100 * f['share_429']:.1f}%{noise} | {converged} | {f['load_1min_before']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=5000)
@@ -430,10 +576,15 @@ def main() -> int:
                         help="bytes of an exported image per byte of its original (0: no picture content)")
     parser.add_argument("--profile", action="store_true",
                         help="sample the importer with py-spy (the thread holding the GIL)")
+    parser.add_argument("--matrix", action="store_true",
+                        help="run the rate-limit matrix (limit shapes, limit not given); one PNG per case")
+    parser.add_argument("--cases", default=None, help="with --matrix: comma list of substrings of case names")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/throughput-<time>.json")
     args, importer_args = parser.parse_known_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind, so the stand-ins and importer stop too
+    if args.matrix:
+        return run_matrix(args, importer_args)
 
     workload = Workload(images=args.images, rate_limit=None if args.unthrottled else args.rate_limit,
                         api_latency_ms=10.0 if args.unthrottled else args.api_latency_ms,

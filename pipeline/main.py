@@ -32,7 +32,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import launch, plan, preflight, runs, target, validation
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions, help_text
+from pipeline.options import ImportOptions, concurrency_of, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, stop_line, write_summary
 from transforms.batch_images import BatchImages
@@ -69,9 +69,11 @@ def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: Import
                          | "CountListed" >> beam.Map(count_listed)),
                   DEAD_LETTER: p | "NoListing" >> beam.Create([])}
     batches = listed["ok"] | "BatchImages" >> BatchImages(opts.batch_size, shards)
-    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, opts.concurrency, checked.supabase)
+    # The details pool holds a task per API call Little's law may let in flight (4 x 20 = 80 >= 64).
+    details = batches | "FetchDetails" >> FetchDetails(checked.roboflow, context, concurrency_of(opts),
+                                                       checked.supabase)
     stored = details["ok"] | "UploadImages" >> UploadImages(checked.roboflow, checked.supabase, context,
-                                                            opts.concurrency)
+                                                            concurrency_of(opts))
     written = stored["ok"] | "WriteRows" >> WriteRows(checked.supabase, context)
     (
         (listed[DEAD_LETTER], details[DEAD_LETTER], stored[DEAD_LETTER], written[DEAD_LETTER])

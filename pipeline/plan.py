@@ -46,13 +46,15 @@ from transforms.clients.listing import (
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.convert import ImageDataError, mime_allowed, parse_details, sniff_image
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, AdaptiveRateLimiter
 from transforms.core.records import ImportContext, ListedImage
 from transforms.core.redact import redact
 
 EXIT_OK, EXIT_INPUT = 0, 2
 SAMPLE_SIZE = 8  # new images whose size is measured (one details call + one HEAD each)
-DEFAULT_START_RATE = AdaptiveRateLimiter().rate  # requests/s the limiter starts at without --roboflow_rate_limit
+# Requests/s assumed without --roboflow_rate_limit and without a latency to go by: the limiter searches for
+# Roboflow's limit from a low start, so the time is a guess whose basis the plan prints.
+DEFAULT_START_RATE = 200.0
 
 
 def requested(argv: list[str]) -> bool:
@@ -192,13 +194,13 @@ def make_plan(checked: preflight.Checked, opts: ImportOptions, sample_size: int 
     if opts.roboflow_rate_limit:
         rate, rate_basis = opts.roboflow_rate_limit, "--roboflow_rate_limit"
     elif latency:
-        rate = min(DEFAULT_START_RATE, opts.concurrency / latency)
-        rate_basis = (f"no --roboflow_rate_limit: --concurrency {opts.concurrency} / measured details latency "
-                      f"{latency:.3f} s, at most the limiter's start rate {DEFAULT_START_RATE:g}/s; Roboflow's "
-                      "own limit may be lower")
+        in_flight = opts.concurrency or AUTO_MAX_IN_FLIGHT
+        rate = min(DEFAULT_START_RATE, in_flight / latency)
+        rate_basis = (f"no --roboflow_rate_limit: {in_flight} calls in flight / measured details latency "
+                      f"{latency:.3f} s, at most {DEFAULT_START_RATE:g}/s; Roboflow's own limit may be lower")
     else:
         rate = DEFAULT_START_RATE
-        rate_basis = f"no --roboflow_rate_limit: the limiter's start rate {DEFAULT_START_RATE:g}/s"
+        rate_basis = f"no --roboflow_rate_limit: assumed {DEFAULT_START_RATE:g}/s; Roboflow's own limit may be lower"
     reasons = []
     if checked.unmapped:
         reasons.append(f"Roboflow classes with no class mapping entry: {', '.join(map(repr, checked.unmapped))}; "

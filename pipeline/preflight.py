@@ -18,7 +18,7 @@ import httpx
 from pipeline.class_mapping import MappingEntry, ResolvedMapping, load_class_mapping, resolve_mapping
 from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV, SUPABASE_URL_ENV
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions
+from pipeline.options import ImportOptions, concurrency_of
 from pipeline.project_types import ProjectType, project_type
 from pipeline.remote_checks import (
     PREFLIGHT_RETRY,
@@ -43,7 +43,7 @@ from transforms.clients.listing import ListingSpec, Selection
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, AdaptiveRateLimiter
 from transforms.core.retry import TransientError
 from transforms.core.tables import OD, PlatformTables
 
@@ -91,13 +91,13 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     supabase_url = http_url(supabase_url, "--supabase_url", "https://<project-ref>.supabase.co", SUPABASE_KEY_ENV)
     mapping = load_class_mapping(opts.class_mapping)
     rf_ref, rf_key = secret_of(opts.roboflow_api_key_secret, "--roboflow_api_key_secret", ROBOFLOW_KEY_ENV,
-                             "Roboflow private API key")
+                               "Roboflow private API key")
     sb_ref, sb_key = secret_of(opts.supabase_key_secret, "--supabase_key_secret", SUPABASE_KEY_ENV,
-                             "Supabase service_role key")
+                               "Supabase service_role key")
     check_service_key(sb_key, key_source_of(opts.supabase_key_secret, SUPABASE_KEY_ENV))
 
     rf = RoboflowClient(api_url, rf_key, limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit),
-                        retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2)
+                        retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2, stall_timeout=opts.roboflow_stall_timeout)
     try:
         info, version_splits, total, skeletons = check_roboflow(opts, rf, selection)
     finally:
@@ -117,15 +117,18 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
         bucket_public = bool(bucket_exists and sb.bucket_public)  # --create_bucket creates it private
     except httpx.HTTPError as exc:
         raise supabase_failure(TransientError("connection", str(exc)), supabase_url, "check",
-                                key_source_of(opts.supabase_key_secret, SUPABASE_KEY_ENV)) from None
+                               key_source_of(opts.supabase_key_secret, SUPABASE_KEY_ENV)) from None
     finally:
         sb.close()
 
     per_worker_rate = opts.roboflow_rate_limit / max(1, workers) if opts.roboflow_rate_limit else None
+    concurrency = concurrency_of(opts)
+    api_in_flight = opts.concurrency or AUTO_MAX_IN_FLIGHT
     roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate,
-                              pool_size=max(8, opts.concurrency + 4), max_in_flight=opts.concurrency)
+                              pool_size=max(8, api_in_flight + concurrency + 4), max_in_flight=concurrency,
+                              max_api_in_flight=api_in_flight, stall_timeout=opts.roboflow_stall_timeout)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=bucket, bucket_public=bucket_public,
-                              max_connections=max(8, 2 * opts.concurrency + 4), max_in_flight=opts.concurrency)
+                              max_connections=max(8, 2 * concurrency + 4), max_in_flight=concurrency)
     return Checked(
         dataset_id=opts.dataset_id, workspace=opts.roboflow_workspace, project=opts.roboflow_project,
         version=opts.roboflow_version, roboflow=roboflow, supabase=supabase,

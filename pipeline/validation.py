@@ -21,6 +21,7 @@ from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV
 from pipeline.errors import InputError
 from pipeline.options import ImportOptions
 from transforms.clients.listing import SPLITS, ListingSpec, Selection, selection_body, selection_query
+from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT
 from transforms.core.redact import redact
 from transforms.core.secrets import MissingSecret, SecretRef
 
@@ -111,12 +112,17 @@ def check_options(opts: ImportOptions) -> None:
     for name in ("batch_size", "concurrency", "shards"):
         value, default = getattr(opts, name), getattr(defaults, name)
         if value is not None and value <= 0:
-            hint = f"omit it for the default {default}" if default is not None else "omit it for 4 x workers"
+            hint = (f"omit it for the default {default}" if default is not None else
+                    "omit it to size it from the latency" if name == "concurrency" else "omit it for 4 x workers")
             raise InputError(f"--{name} must be a positive integer (got {value}); {hint}")
     rate = opts.roboflow_rate_limit
     if rate is not None and not rate > 0:  # also NaN
         raise InputError(f"--roboflow_rate_limit must be a positive number of requests per second (got {rate}); "
                          "omit it to adapt to Roboflow's 429s")
+    stall = opts.roboflow_stall_timeout
+    if not stall > 0:  # also NaN
+        raise InputError(f"--roboflow_stall_timeout must be a positive number of seconds (got {stall}); "
+                         f"omit it for the default {DEFAULT_STALL_TIMEOUT:g}")
     if opts.roboflow_version is not None and opts.roboflow_version <= 0:
         raise InputError(f"--roboflow_version must be a positive integer (got {opts.roboflow_version}); "
                          "pass a version number shown in Roboflow, or omit it")

@@ -653,7 +653,7 @@ def test_throttle_rate_hits_some_requests_on_the_chosen_routes_only(roboflow_emu
 
 
 def test_token_bucket_rate_limit_per_key(roboflow_emulator):
-    faults = FaultConfig(rate_limit_per_s=4, rate_limit_burst=3, retry_after_fraction=1.0)
+    faults = FaultConfig(rate_limit_per_s=4, rate_limit_burst=3, rate_limit_retry_after="all")
     emu = roboflow_emulator(image_count=5, extra_api_keys=("second_key_x",), faults=faults)
     statuses = [call(emu, "GET", project_path(emu)).status_code for _ in range(5)]
     assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
@@ -664,6 +664,59 @@ def test_token_bucket_rate_limit_per_key(roboflow_emulator):
     time.sleep(0.3)
     assert call(emu, "GET", project_path(emu)).status_code == 200
     assert emu.counters()["fault:rate_limit"] >= 2
+
+
+def burst_of(emu) -> tuple[list[int], float]:
+    """Statuses of 30 calls sent back to back, and the seconds they took."""
+    start = time.monotonic()
+    statuses = [call(emu, "GET", project_path(emu)).status_code for _ in range(30)]
+    return statuses, time.monotonic() - start
+
+
+def test_rate_limit_burst_defaults_to_a_tenth_of_a_second_of_rate(roboflow_emulator):
+    hard, took = burst_of(roboflow_emulator(image_count=3, faults=FaultConfig(rate_limit_per_s=20)))
+    assert hard[:2] == [200, 200] and hard.count(200) <= 2 + 20 * took + 1  # 2 saved up, then the refill only
+    lenient, _ = burst_of(roboflow_emulator(image_count=3, faults=FaultConfig(rate_limit_per_s=20,
+                                                                               rate_limit_burst_s=10)))
+    assert lenient == [200] * 30
+
+
+@pytest.mark.parametrize(("which", "low", "high"), [("all", 1.0, 1.0), ("none", 0.0, 0.0), ("half", 0.2, 0.8)])
+def test_which_rate_limit_429s_carry_retry_after(roboflow_emulator, which, low, high):
+    emu = roboflow_emulator(image_count=3, faults=FaultConfig(rate_limit_per_s=1, rate_limit_retry_after=which,
+                                                              retry_after_fraction=0.5))
+    limited = [r for r in (call(emu, "GET", project_path(emu)) for _ in range(40)) if r.status_code == 429]
+    assert len(limited) >= 35
+    share = sum("Retry-After" in r.headers for r in limited) / len(limited)
+    assert low <= share <= high
+
+
+def test_rate_limit_drops_after_n_calls_and_the_timeline_shows_it(roboflow_emulator):
+    faults = FaultConfig(rate_limit_per_s=1000, rate_limit_change_per_s=2, rate_limit_change_after_calls=20)
+    emu = roboflow_emulator(image_count=3, faults=faults)
+    statuses = [call(emu, "GET", project_path(emu)).status_code for _ in range(40)]
+    assert statuses[:20] == [200] * 20 and statuses[20:].count(429) >= 17
+    timeline = emu.timeline()
+    assert timeline[-1]["limit"] == 2
+    assert sum(s["passed"] for s in timeline) == statuses.count(200)
+    assert sum(s["limited"] for s in timeline) == statuses.count(429)
+
+
+def test_rate_limit_rises_after_t_seconds(roboflow_emulator):
+    faults = FaultConfig(rate_limit_per_s=1, rate_limit_burst=1, rate_limit_change_per_s=1000,
+                         rate_limit_change_after_s=0.3)
+    emu = roboflow_emulator(image_count=3, faults=faults)
+    assert [call(emu, "GET", project_path(emu)).status_code for _ in range(2)] == [200, 429]
+    time.sleep(0.35)
+    assert burst_of(emu)[0].count(200) >= 25
+
+
+@pytest.mark.parametrize("bad", [dict(rate_limit_burst_s=0), dict(rate_limit_retry_after="some"),
+                                 dict(rate_limit_per_s=5, rate_limit_change_per_s=2),
+                                 dict(rate_limit_change_per_s=-1, rate_limit_change_after_calls=3)])
+def test_rate_limit_switches_are_validated(bad):
+    with pytest.raises(ValueError):
+        FaultConfig(**bad)
 
 
 def test_server_errors_are_json_500_or_html_502_503_then_recover(roboflow_emulator):

@@ -6,7 +6,14 @@ import pytest
 
 from tests.unit.fake_time import FakeTime
 from transforms.core import retry
-from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries, parse_retry_after
+from transforms.core.retry import (
+    PermanentError,
+    RateLimited,
+    RetryPolicy,
+    TransientError,
+    call_with_retries,
+    parse_retry_after,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -172,6 +179,66 @@ def test_outage_shorter_than_the_budget_is_waited_out():
     assert call_with_retries(flaky, RetryPolicy(max_attempts=50, max_elapsed=120.0),
                              sleep=t.sleep, clock=t.clock) == "back"
     assert 20.0 <= t.now - start <= 120.0
+
+
+# ---- 429s: waited out, outside the budget ------------------------------------------------------
+
+
+def limited(retry_after=None):
+    return RateLimited("image_details: 429 Rate limit exceeded", retry_after=retry_after)
+
+
+def test_429s_beyond_the_attempt_budget_are_waited_out():
+    t = FakeTime()
+    fn = Script(*[limited() for _ in range(30)])
+    assert call_with_retries(fn, RetryPolicy(max_attempts=3), sleep=t.sleep, clock=t.clock) == "ok"
+    assert fn.calls == 31 and len(t.sleeps) == 30
+
+
+def test_time_waiting_out_429s_does_not_use_the_elapsed_budget_of_other_faults():
+    t = FakeTime()
+    fn = Script(*[limited(retry_after=10.0) for _ in range(20)], transient(), transient())
+    assert call_with_retries(fn, RetryPolicy(max_attempts=5, max_elapsed=30.0),
+                             sleep=t.sleep, clock=t.clock) == "ok"
+    assert t.now - 1000.0 > 200.0
+
+
+def test_other_faults_between_429s_still_give_up_after_their_budget():
+    t = FakeTime()
+    failures = [e for _ in range(10) for e in (limited(), transient())]
+    fn = Script(*failures)
+    with pytest.raises(TransientError) as info:
+        call_with_retries(fn, RetryPolicy(max_attempts=3, max_elapsed=1e9), sleep=t.sleep, clock=t.clock)
+    assert info.value.kind == "http_503" and fn.calls == 6
+
+
+def test_a_stalled_run_gives_up_on_the_429_without_sleeping_again():
+    t = FakeTime()
+    checks = []
+    fn = Script(*[limited() for _ in range(10)])
+
+    def stalled():
+        checks.append(fn.calls)
+        return fn.calls >= 4
+
+    with pytest.raises(RateLimited) as info:
+        call_with_retries(fn, RetryPolicy(max_attempts=2), sleep=t.sleep, clock=t.clock, stalled=stalled)
+    assert info.value.attempts == 4 and len(t.sleeps) == 3 and checks == [1, 2, 3, 4]
+
+
+def test_threads_told_the_same_retry_after_come_back_spread_out():
+    policy = RetryPolicy()
+    delays = sorted(policy.rate_limit_delay(0, 1.0) for _ in range(50))
+    assert delays[0] >= 1.0  # Retry-After is honoured
+    assert delays[-1] - delays[0] > 0.3  # spread over the jitter, not one herd
+    assert len({round(d, 3) for d in delays}) > 40  # hardly two in the same millisecond
+
+
+def test_429_without_retry_after_backs_off_exponentially_up_to_the_cap():
+    policy = RetryPolicy(base_delay=0.5, max_delay=15.0)
+    assert max(policy.rate_limit_delay(0, None) for _ in range(200)) <= 0.5
+    late = [policy.rate_limit_delay(40, None) for _ in range(200)]
+    assert max(late) <= 15.0 and max(late) > 10.0
 
 
 # ---- parse_retry_after ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import os
 
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
 from transforms.core.retry import RetryPolicy
 from transforms.core.secrets import SecretRef
 from transforms.core.shared import PROCESS_SHARED, Lease
@@ -28,8 +28,10 @@ class RoboflowConfig:
     rate_limit: float | None = None  # requests/s for this worker process; None = adapt
     timeout: float = 30.0
     pool_size: int = 32
-    max_in_flight: int | None = None  # concurrent requests per worker process (--concurrency)
+    max_in_flight: int | None = None  # concurrent CDN downloads per worker process
+    max_api_in_flight: int = AUTO_MAX_IN_FLIGHT  # upper bound of the API calls Little's law lets in flight
     retry: RetryPolicy = RetryPolicy()
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT  # --roboflow_stall_timeout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +68,8 @@ def roboflow_client(config: RoboflowConfig) -> Lease[RoboflowClient]:
         return RoboflowClient(
             config.api_url, config.api_key.resolve(), limiter=AdaptiveRateLimiter(config.rate_limit),
             retry=config.retry, timeout=config.timeout, pool_size=config.pool_size,
-            max_in_flight=config.max_in_flight)
+            max_in_flight=config.max_in_flight, max_api_in_flight=config.max_api_in_flight,
+            stall_timeout=config.stall_timeout)
 
     return PROCESS_SHARED.lease(("roboflow", config, _key_identity(config.api_key)), make, close=_close)
 

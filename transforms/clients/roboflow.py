@@ -25,9 +25,23 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from transforms.core.listing_summary import SUMMARY_FIELDS, SUMMARY_FIELDS_V1
-from transforms.core.ratelimit import AdaptiveRateLimiter, in_flight_gate
+from transforms.core.ratelimit import (
+    AUTO_MAX_IN_FLIGHT,
+    DEFAULT_STALL_TIMEOUT,
+    AdaptiveRateLimiter,
+    LittleGate,
+    StallWatch,
+    in_flight_gate,
+)
 from transforms.core.redact import redact, register_secret
-from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries, parse_retry_after
+from transforms.core.retry import (
+    PermanentError,
+    RateLimited,
+    RetryPolicy,
+    TransientError,
+    call_with_retries,
+    parse_retry_after,
+)
 from transforms.core.tally import count
 
 log = logging.getLogger(__name__)
@@ -70,6 +84,17 @@ def clear_account_stops() -> None:
     """Forget earlier runs' account refusals: the user may have added credits or resumed usage since."""
     for client in list(_clients):
         client.stopped = None
+
+
+def stall_error(route: str, timeout: float, attempts: int = 1) -> RoboflowError:
+    """The dead letter's error once the run has stalled on 429s: one line that names what to do."""
+    error = RoboflowError(
+        "rate_limited",
+        f"{route}: Roboflow answered no call but with 429 for {timeout:g} s (--roboflow_stall_timeout); "
+        "the import stops: run it again later with --retry_dead_letters on this run's dead letters, "
+        "or set a lower --roboflow_rate_limit", status=429)
+    error.attempts = attempts
+    return error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,17 +151,21 @@ class RoboflowClient:
         pool_size: int = 32,
         not_found_retries: int = 2,
         max_in_flight: int | None = None,
+        max_api_in_flight: int = AUTO_MAX_IN_FLIGHT,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ):
         register_secret(api_key)
         self.api_url = api_url.rstrip("/")
         self.limiter = limiter or AdaptiveRateLimiter(None)
+        self.stall = StallWatch(stall_timeout)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.not_found_retries = not_found_retries
         self.stats = CallStats()
         self.stopped: RoboflowStopped | None = None  # the account refusal that stopped this client
         self._stop_lock = threading.Lock()
-        self._gate = in_flight_gate(max_in_flight)
+        self._gate = in_flight_gate(max_in_flight)  # CDN downloads
+        self.api_gate = LittleGate(self.limiter, max_api_in_flight)
         _clients.add(self)
         self._api = self._session(pool_size, {"Authorization": f"Bearer {api_key}"})
         self._cdn = self._session(pool_size, {})
@@ -184,12 +213,15 @@ class RoboflowClient:
 
         def attempt() -> dict[str, Any]:
             self._check_not_stopped(route)  # also after a back-off: another thread may have met the refusal
+            self.stall.attempt()
+            if self.stall.stalled():  # the run has stopped: the rest fail at once, not after a wait each
+                raise RateLimited(f"{route}: not sent, the run is stalled on 429s")
             waited = self.limiter.acquire()
             if waited:
                 count("roboflow.throttled_seconds", waited)
             self.stats.count_call(route)
             try:
-                with self._gate:
+                with self.api_gate:
                     self._check_not_stopped(route)  # tasks queue at the gate: check again before sending
                     resp = self._api.request(method, url, json=body, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
@@ -197,8 +229,10 @@ class RoboflowClient:
             if resp.status_code == 429:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 self.limiter.on_throttled(retry_after)
-                raise TransientError("rate_limited", f"{route}: 429 {_error_text(resp.text)}",
-                                     retry_after=retry_after, status=429)
+                raise RateLimited(f"{route}: 429 {_error_text(resp.text)}", retry_after=retry_after)
+            if resp.status_code not in RETRYABLE_STATUS:
+                self.stall.success()  # Roboflow answered: whatever it said, it is not holding us off
+                self.limiter.on_success()
             if resp.status_code in RETRYABLE_STATUS:
                 raise TransientError(f"http_{resp.status_code}", f"{route}: {resp.status_code} "
                                      f"{_error_text(resp.text)}", status=resp.status_code)
@@ -226,7 +260,12 @@ class RoboflowClient:
                 count("roboflow.throttled_seconds", delay)
             log.debug("retrying %s after %s (attempt %d, %.2fs)", route, exc.kind, attempt_no, delay)
 
-        return call_with_retries(attempt, self.retry, on_retry=on_retry)
+        try:
+            return call_with_retries(attempt, self.retry, on_retry=on_retry, stalled=self.stall.stalled)
+        except RateLimited as exc:  # only a stall lets a 429 through
+            if self.stall.first_report():
+                log.error("%s", stall_error(route, self.stall.timeout))
+            raise stall_error(route, self.stall.timeout, getattr(exc, "attempts", 1)) from None
 
     def workspace(self, workspace: str) -> dict[str, Any]:
         return self._call("GET", self._path(workspace), "workspace")
@@ -273,7 +312,8 @@ class RoboflowClient:
         """GET image bytes (no key: the CDN needs none), retrying bodies shorter than announced.
 
         ``validate(data, length_checked)`` may raise :class:`TransientError` to retry; it is told
-        whether the body matched a ``Content-Length``, i.e. whether the transfer is known complete.
+        whether the answer had a ``Content-Length`` (which urllib3 enforces), i.e. whether the
+        transfer is known complete.
         """
         if not url.startswith(("http://", "https://")):
             raise RoboflowError("bad_url", f"image url is not http(s): {redact(url)[:200]}")
@@ -294,11 +334,10 @@ class RoboflowClient:
             if resp.status_code >= 400:
                 kind = "not_found" if resp.status_code == 404 else f"http_{resp.status_code}"
                 raise RoboflowError(kind, f"download: {resp.status_code}", status=resp.status_code)
-            expected = _int_or_none(resp.headers.get("Content-Length"))
-            if expected is not None and expected != len(data):
-                raise TransientError("truncated_body", f"download: {len(data)} of {expected} bytes")
+            # urllib3 already checks the bytes on the wire against Content-Length (a short body raises
+            # above); comparing it with the *decoded* body rejected every complete gzip-encoded one.
             if validate is not None:
-                validate(data, expected is not None)
+                validate(data, resp.headers.get("Content-Length") is not None)
             return data
 
         def on_retry(exc: TransientError, attempt_no: int, delay: float) -> None:

@@ -1,32 +1,159 @@
-"""A token bucket shared by every thread of a worker that finds and keeps under a rate limit.
+"""A token bucket shared by every thread of a worker process that finds and holds Roboflow's limit.
 
-Roboflow's limit is per key. With ``rate`` given (``--roboflow_rate_limit``, divided among worker
-processes) the bucket never exceeds it; with ``rate=None`` it starts at ``initial_rate`` and
-searches. Either way it watches the share of 429 answers per window (``window`` seconds and at least
-``min_samples`` requests) and compares it with a *noise floor* of 429s that are not its fault:
+Roboflow publishes no limit and sends no rate-limit headers; a 429 is all we learn. With ``rate``
+given (``--roboflow_rate_limit``, divided among worker processes) the bucket starts there and never
+exceeds it; with ``rate=None`` it starts at ``initial_rate`` and searches.
 
-* more 429s than the floor (plus ``tolerance``): cut the rate by the excess (at most by half);
-* if fewer requests got through in the window after a cut than before it, the cut did not help:
-  those 429s do not depend on the rate (a flaky proxy, the emulator's random faults), so their share
-  becomes the floor and the cut is undone. Against a real limit the accepted rate stays the same
-  after a cut (the limit), only the share of 429s falls;
-* otherwise, if the bucket held callers back during the window, grow by ``increase`` (up to ``rate``).
+Which idea, and why. TCP's AIMD is the base: grow while answers succeed, cut on congestion, and
+several senders on one bottleneck converge without knowing of each other (each process of a job
+runs its own bucket against the key's one limit, and cuts to its own part of what got through, so
+the job's total converges to the key's limit with no static division; ``--roboflow_rate_limit``
+stays an upper bound). Google SRE's client-side throttling (Beam's
+``AdaptiveThrottler``) rejects requests locally in proportion to recent failures: it protects a
+struggling backend but does not pace, so against a token bucket it keeps sending bursts that are
+429'd. Retry tokens (gRPC, AWS SDK) cap retries, which is the opposite of what a rate-limit wait needs
+(a 429 must be waited out, see ``retry.py``). So AIMD, with three changes a gateway's limit allows:
 
-``Retry-After`` is honoured by the retry of the request that got it (see ``retry.py``), not by
-freezing every thread.
+* **Cut to the measured limit, not by half.** Over a token bucket, the gateway lets through exactly
+  its rate; a round (``window`` seconds and ``min_samples`` answers) with a share s of 429s at send
+  rate r says the limit is about r(1-s). The cut goes just under that (``margin``), so the sawtooth
+  stays near the limit instead of averaging three quarters of it; at most ``max_cut`` a round, since
+  requests sleeping out a Retry-After make a round's measure read low.
+* **Random 429s are a floor, told apart by experiment.** A 429 is first a signal to slow down, so
+  a share of 429s above the ``floor`` cuts. If the round after the cut (only answers to requests
+  paced at the new rate count: every rate change starts an epoch) shows the same share, and again
+  after a second cut, the 429s did not depend on our rate (a flaky proxy, random gateway faults):
+  their share becomes the floor and the rate is restored. Against a real limit the share falls after
+  a cut, so the limit is not taken for noise (the second cut is there because a gateway's big bucket,
+  draining, can hide the excess for one round). A floor so found is refined by the rounds right after
+  a cut or trim, which run under the limit (rounds at it would teach it the limit's own 429s). Just
+  over the floor after a probe up, or twice running, trims the rate by the excess. A share near the
+  floor needs enough answers (``precision``) to count as clean. Known weakness, measured in the
+  tests' simulation: with 20% random 429s the floor can be underestimated and the rate held lower
+  than the limit allows (no image is lost; the run is slower).
+* **Probing speeds up while it meets no limit.** Slow start (x1.5 a round) until the first cut, then
+  growth of ``first_step`` that doubles each clean round (up to ``max_step``) and resets at the first
+  429s, so a risen limit is found in a few rounds; within 10 % of the limit the last cut measured it
+  only creeps by ``first_step`` (as TCP CUBIC flattens near its last loss), since a gateway's bucket
+  can hide a leap over it for seconds and then answer a burst of 429s. Growth
+  needs callers to have been held back: a process that the number of requests in flight limits
+  learns nothing by raising a rate it does not use.
 
-    limiter = AdaptiveRateLimiter(rate=100)
+``Retry-After`` is honoured by the retry of the request that got it, with jitter (``retry.py``);
+the bucket then paces the returning requests, so no herd returns at once and nobody freezes the
+bucket for everyone on a random 429's hint.
+
+    limiter = AdaptiveRateLimiter(rate=None)
     limiter.acquire()          # blocks until a token is free; returns seconds waited
-    limiter.on_throttled()     # the request got a 429
+    limiter.on_success()       # the request this thread sent was answered
+    limiter.on_throttled()     # ... or got a 429
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STALL_TIMEOUT = 600.0
+
+
+class StallWatch:
+    """Whether the run is stalled on rate limiting: calls kept going out for ``timeout`` seconds and
+    none succeeded. One per client (so per process), shared by its threads: a 429 is waited out for
+    as long as *some* call gets through, and once none has for ``timeout`` every waiting call gives
+    up together instead of each spending its own budget. A gap with no calls at all (between two
+    imports of one process) is idleness, not a stall."""
+
+    def __init__(self, timeout: float = DEFAULT_STALL_TIMEOUT, clock: Callable[[], float] = time.monotonic):
+        self.timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_success: float | None = None
+        self._last_attempt: float | None = None
+        self._announced = False
+
+    def attempt(self) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._last_attempt is None or now - self._last_attempt > self.timeout:
+                self._last_success = now
+            self._last_attempt = now
+
+    def success(self) -> None:
+        with self._lock:
+            self._last_success = self._clock()
+
+    def stalled(self) -> bool:
+        with self._lock:
+            return self._last_success is not None and self._clock() - self._last_success > self.timeout
+
+    def first_report(self) -> bool:
+        """True exactly once per stall: the caller logs the one line saying the run stops."""
+        with self._lock:
+            first, self._announced = not self._announced, True
+            return first
+
+
+def _same_share(share: float, n: int, before: float, before_n: int) -> bool:
+    """Whether two rounds' shares of 429s differ by no more than chance (three standard errors)."""
+    mean = min(max((share * n + before * before_n) / (n + before_n), 0.01), 0.99)
+    chance = 3.0 * math.sqrt(mean * (1.0 - mean) * (1.0 / n + 1.0 / before_n))
+    return abs(share - before) <= chance and share >= 0.6 * before  # a cut under a limit shrinks it far more
+
+
+AUTO_MAX_IN_FLIGHT = 64  # Roboflow API calls in flight per process without --concurrency: 100/s at 0.6 s
+
+
+class LittleGate:
+    """At most as many API calls in flight as Little's law asks for the limiter's rate and the latency
+    measured (``rate x latency x headroom``, plus a few), between ``lower`` and ``upper``.
+
+    A fixed number is wrong for some latency: 20 in flight reach 100/s only while Roboflow answers
+    within 0.2 s. Headroom keeps the gate from being what holds the rate back (only the limiter's bucket
+    does that, and it grows when callers wait for it); the bound keeps a slow answer from piling
+    requests up. Start: ``lower``, until the first answers say how long one takes.
+    """
+
+    def __init__(self, limiter: AdaptiveRateLimiter, upper: int, *, lower: int = 16, headroom: float = 2.0,
+                 smoothing: float = 0.1, clock: Callable[[], float] = time.monotonic):
+        self.limiter = limiter
+        self.upper = upper
+        self.lower = min(lower, upper)
+        self.headroom = headroom
+        self.smoothing = smoothing
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._local = threading.local()
+        self.in_flight = 0
+        self.latency: float | None = None
+
+    @property
+    def limit(self) -> int:
+        if self.latency is None:
+            return self.lower
+        wanted = math.ceil(self.limiter.rate * self.latency * self.headroom) + 2
+        return max(self.lower, min(self.upper, wanted))
+
+    def __enter__(self) -> LittleGate:
+        with self._cond:
+            while self.in_flight >= self.limit:
+                self._cond.wait(0.05)  # the limit also moves with the rate, which no notify announces
+            self.in_flight += 1
+        self._local.start = self._clock()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        took = self._clock() - self._local.start
+        with self._cond:
+            self.in_flight -= 1
+            self.latency = took if self.latency is None else self.latency + self.smoothing * (took - self.latency)
+            self._cond.notify()
 
 
 def in_flight_gate(max_in_flight: int | None) -> contextlib.AbstractContextManager:
@@ -39,13 +166,18 @@ class AdaptiveRateLimiter:
         self,
         rate: float | None = None,
         *,
-        initial_rate: float = 200.0,
+        initial_rate: float = 20.0,
         min_rate: float = 0.5,
         window: float = 1.0,
         min_samples: int = 20,
-        tolerance: float = 0.05,
-        increase: float = 1.1,
-        floor_smoothing: float = 0.2,
+        max_round: float = 8.0,
+        precision: float = 0.04,
+        tolerance: float = 0.02,
+        margin: float = 0.03,
+        max_cut: float = 0.5,
+        first_step: float = 0.02,
+        max_step: float = 0.5,
+        floor_memory: int = 2000,
         burst_seconds: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -55,23 +187,41 @@ class AdaptiveRateLimiter:
         self.min_rate = min_rate
         self.window = window
         self.min_samples = min_samples
+        self.max_round = max_round
+        self.precision = precision
         self.tolerance = tolerance
-        self.increase = increase
-        self.floor_smoothing = floor_smoothing
+        self.margin = margin
+        self.max_cut = max_cut
+        self.first_step = first_step
+        self.max_step = max_step
+        self.floor_memory = floor_memory
         self.burst_seconds = burst_seconds
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._local = threading.local()
         now = clock()
         self._tokens = 1.0
         self._last = now
-        self._window_start = now
-        self._requests = 0
-        self._throttled = 0
-        self._held_back = False
         self.floor = 0.0
-        self._last_cut: tuple[float, float] | None = None  # (rate before the cut, accepted/s before it)
+        self._floor_n = 0  # answers the floor was measured on (0: no floor found)
+        self._over = self._probed = False  # last round: just over the limit; last change: a probe up
+        self._lowered = False  # last change: a cut or trim
+        self._known_limit: float | None = None  # the limit the last cut measured
+        self._slow_start = rate is None  # a known limit is where we start; an unknown one is searched for
+        self._step = max_step if self._slow_start else first_step
+        # Before the last cut: (rate, share of 429s, answers it was measured on, second cuts tried)
+        self._last_cut: tuple[float, float, int, int] | None = None
+        self._epoch = 0
+        self._new_round(now)
         self.throttle_events = 0
+        self.successes = 0
+
+    def _new_round(self, now: float) -> None:
+        self._round_start = now
+        self._next_check = now + self.window
+        self._sent = self._answered = self._throttled = 0
+        self._held_back = False
 
     @property
     def capacity(self) -> float:
@@ -82,50 +232,118 @@ class AdaptiveRateLimiter:
         self._last = now
         self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
 
-    def _threshold(self) -> float:
-        """How far above the floor a window's share must be to mean something: three standard
-        deviations of a share measured on this many requests, and at least ``tolerance``."""
-        p = min(max(self.floor, 0.02), 0.98)
-        return max(self.tolerance, 3.0 * math.sqrt(p * (1.0 - p) / self._requests))
+    def _set_rate(self, rate: float, now: float) -> None:
+        """A new rate starts a new epoch: answers to requests reserved before it say nothing about it."""
+        rate = max(self.min_rate, rate)
+        rate = rate if self.max_rate is None else min(self.max_rate, rate)
+        log.debug("rate %.1f -> %.1f/s after %d answers, %d of them 429 (floor %.3f)",
+                  self.rate, rate, self._answered, self._throttled, self.floor)
+        self.rate = rate
+        self._epoch += 1
+        self._new_round(now)
 
-    def _close_window(self, now: float) -> None:
-        elapsed = now - self._window_start
-        if elapsed < self.window or self._requests < self.min_samples:
+    def _learn_floor(self, throttled: float, answers: int) -> None:
+        """Fold ``throttled`` of ``answers`` into the floor, the recent ``floor_memory`` answers weighing most."""
+        weight = min(self._floor_n, self.floor_memory)
+        self.floor = (self.floor * weight + throttled) / (weight + answers)
+        self._floor_n = weight + answers
+
+    def _decide(self, now: float) -> None:
+        elapsed = now - self._round_start
+        n = self._answered
+        if now < self._next_check or n < self.min_samples:
             return
-        share = self._throttled / self._requests
-        accepted = self._requests * (1.0 - share) / elapsed
-        threshold = self._threshold()
+        # A round that waits for more answers is judged again a window later, not at every answer:
+        # testing after each one would find a chance excess of 429s far more often than 3 sigma says.
+        self._next_check = now + self.window
+        share = self._throttled / n
+        p = min(max(self.floor, 0.01), 0.99)
+        sigma = math.sqrt(p * (1.0 - p) / n)
+        threshold = max(self.tolerance, 3.0 * sigma)
+        if self._last_cut is not None and n < 2 * self.min_samples and elapsed < self.max_round:
+            return  # the round after a cut decides what the 429s were: it needs answers enough to tell
         last_cut, self._last_cut = self._last_cut, None
-        if last_cut is not None and share > self.floor + threshold and accepted < last_cut[1] * 0.85:
-            # Fewer answers got through after the cut: the 429s were not about our rate.
-            self.floor = share
-            self.rate = last_cut[0]
-        elif share > self.floor + threshold:
-            self._last_cut = (self.rate, accepted)
-            self.rate = max(self.min_rate, self.rate * max(0.5, 1.0 - (share - self.floor)))
+        if last_cut is not None and share - self.floor > 2.0 * sigma and _same_share(share, n, *last_cut[1:3]):
+            # Cutting the rate did not change the share of 429s. Once, that can be a gateway's big bucket
+            # draining (it hid part of the excess before the cut); twice, the 429s do not depend on our
+            # rate (a flaky proxy, random gateway faults). Against a real limit the share falls.
+            before, before_share, before_n, tries = last_cut
+            if tries == 0:
+                self._last_cut = (before, (share * n + before_share * before_n) / (n + before_n), n + before_n, 1)
+                self._set_rate(self.rate * max(0.5, 1.0 - (share - self.floor)), now)
+            else:
+                self._learn_floor(share * n + before_share * before_n, n + before_n)
+                # No limit was found, only noise: search from the restored rate as at the start.
+                self._slow_start, self._step, self._known_limit = True, self.max_step, None
+                self._set_rate(before, now)
+            return
+        excess = share - self.floor
+        if excess > threshold:
+            # Over the limit. The gateway let (1 - share) of what we sent through, less the floor's random
+            # 429s: that is the limit, or our part of it when other processes share the key. Go just under.
+            sent_rate = min(self.rate, self._sent / elapsed) if self._sent else self.rate
+            limit = sent_rate * (1.0 - share) / (1.0 - self.floor)
+            if last_cut is None:  # a new episode; a cut right after a cut keeps the episode's first rate
+                    self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
+            self._slow_start = False
+            self._step = self.first_step
+            # At most ``max_cut`` a round: while 429'd requests sleep out their Retry-After, fewer are sent
+            # and the round's measure of the limit reads low; if the limit really fell further, the next
+            # round cuts again (a drop from 100/s to 30/s takes two).
+            cut_to = min(self.rate, max((1.0 - self.max_cut) * self.rate, limit * (1.0 - self.margin)))
+            self._set_rate(cut_to, now)
             self._tokens = min(self._tokens, 0.0)
+            self._lowered = True
+            self._known_limit = cut_to / (1.0 - self.margin)
+            return
+        if n < p * (1.0 - p) / self.precision**2 and elapsed < self.max_round:
+            return  # too few answers to tell a small excess from the floor's noise: keep counting
+        if self._floor_n and self._lowered and abs(excess) <= 2.0 * sigma:
+            # Refine a floor found by experiment with rounds just after a cut or trim, under the limit:
+            # rounds at the limit would teach it the limit's own 429s, and it would creep up.
+            self._learn_floor(self._throttled, n)
+        self._lowered = False
+        over, self._over = self._over, excess > 2.0 * sigma
+        if self._over and (over or self._probed):
+            # Just over the limit (a few 429s) after a probe, or twice running: trim them off, probe gently.
+            # A trim is an experiment too: at a low rate, random 429s show as such small excesses only.
+            self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
+            self._step = self.first_step
+            self._probed = False
+            self._set_rate(self.rate * (1.0 - excess), now)
+            self._lowered = True
+        elif excess > sigma:  # at the limit, or noise: hold
+            self._step = self.first_step
+            self._probed = False
+            self._new_round(now)
+        elif self._held_back and (self.max_rate is None or self.rate < self.max_rate):
+            step = self.max_step if self._slow_start else self._step
+            near = self._known_limit is not None and 0.9 * self._known_limit <= self.rate * (1.0 + step) \
+                and self.rate <= 1.1 * self._known_limit
+            if near:  # around the last limit measured: creep, as a gateway's bucket hides a leap for a while
+                step = self._step = self.first_step
+            grown = self.rate * (1.0 + step)
+            if not self._slow_start and not near:  # each clean round probes further: a risen limit is found fast
+                self._step = min(self.max_step, self._step * 2)
+            self._probed = True
+            self._set_rate(grown, now)
         else:
-            if share < self.floor:  # the floor only rises on evidence (above); it decays as 429s fade
-                self.floor += self.floor_smoothing * (share - self.floor)
-            if self._held_back:
-                grown = self.rate * self.increase
-                self.rate = grown if self.max_rate is None else min(self.max_rate, grown)
-        self._window_start = now
-        self._requests = self._throttled = 0
-        self._held_back = False
+            self._probed = False
+            self._new_round(now)
 
     def acquire(self) -> float:
         """Take one token, sleeping as needed. Returns the seconds spent waiting.
 
         A caller that finds no token reserves the next one (the bucket goes into debt) and sleeps once
         until it is due. Polling instead would wake every waiting thread at every token: with dozens of
-        request threads that herd cost a whole core. The request is counted for the window when it is
-        sent, not when reserved: the controller judges a cut by the requests that went out after it.
+        request threads that herd cost a whole core. The request belongs to the epoch it reserved in,
+        so its answer is judged against the rate it was paced at.
         """
         waited = 0.0
         while True:
             with self._lock:
                 self._refill(self._clock())
+                epoch = self._epoch
                 if self._tokens >= 1.0 - 1e-9:
                     self._tokens -= 1.0
                     wait, reserved = 0.0, True
@@ -141,14 +359,31 @@ class AdaptiveRateLimiter:
                 waited += wait
             if reserved:
                 break
+        self._local.epoch = epoch
         with self._lock:
-            self._close_window(self._clock())
-            self._requests += 1
+            if epoch == self._epoch:
+                self._sent += 1
+            self._decide(self._clock())
         return waited
 
-    def on_throttled(self, retry_after: float | None = None) -> None:
-        """Count a 429 for this window. ``retry_after`` is the retrying caller's to honour."""
+    def _answer(self, throttled: bool) -> None:
+        epoch = getattr(self._local, "epoch", None)
         with self._lock:
-            self.throttle_events += 1
-            self._throttled += 1
-            self._close_window(self._clock())
+            if throttled:
+                self.throttle_events += 1
+            else:
+                self.successes += 1
+            if epoch == self._epoch:
+                self._answered += 1
+                self._throttled += throttled
+            self._decide(self._clock())
+
+    def on_success(self) -> None:
+        """The request this thread last acquired for was answered (not 429)."""
+        self._answer(False)
+
+    def on_throttled(self, retry_after: float | None = None) -> None:
+        """The request this thread last acquired for got a 429. ``retry_after`` is the retrying
+        caller's to honour (with jitter, see ``retry.py``); the bucket's pacing then spreads the
+        returning requests, so a Retry-After does not freeze every thread and release them together."""
+        self._answer(True)

@@ -168,7 +168,7 @@ class FaultConfig:
     throttle_count: int = field(default=0, metadata=_doc("429 on the next N matching requests"))
     throttle_routes: tuple[str, ...] = field(default=("api",), metadata=_doc("routes that get random 429"))
     retry_after_fraction: float = field(
-        default=0.5, metadata=_doc("fraction of 429s (random and rate-limit) that carry Retry-After")
+        default=0.5, metadata=_doc("share of random 429s with Retry-After (limit 429s: rate_limit_retry_after)")
     )
     retry_after_seconds: int = field(default=1, metadata=_doc("Retry-After value for random 429s"))
 
@@ -232,8 +232,29 @@ class FaultConfig:
         default=("api",), metadata=_doc("routes that get the account refusal (image_details: credits run out mid-run)")
     )
 
+    # The per-key limit behaves like an API gateway's token bucket. Roboflow documents neither its limit
+    # nor its burst nor its headers (roboflow-api.md), so each is a switch, and the defaults are the hard
+    # end of what gateways do (inferred, not measured against Roboflow): almost no burst, Retry-After on
+    # only some 429s (and then rounded up to whole seconds), so a client can rely on neither.
     rate_limit_per_s: float | None = field(default=None, metadata=_doc("token bucket per API key, requests/s"))
-    rate_limit_burst: int | None = field(default=None, metadata=_doc("bucket size; default = one second"))
+    rate_limit_burst_s: float = field(
+        default=0.1, metadata=_doc("bucket size in seconds of rate (0.1: almost no burst; 10: lenient)")
+    )
+    rate_limit_burst: int | None = field(
+        default=None, metadata=_doc("bucket size in requests; overrides rate_limit_burst_s")
+    )
+    rate_limit_retry_after: str = field(
+        default="half", metadata=_doc("which rate-limit 429s carry Retry-After: all, none or half")
+    )
+    rate_limit_change_per_s: float | None = field(
+        default=None, metadata=_doc("the limit becomes this (another client on the key starts or stops)...")
+    )
+    rate_limit_change_after_calls: int | None = field(
+        default=None, metadata=_doc("...after this many rate-limited API calls")
+    )
+    rate_limit_change_after_s: float | None = field(
+        default=None, metadata=_doc("...or this many seconds after the first rate-limited call")
+    )
     api_latency_ms: float = field(default=0.0, metadata=_doc("added to every API answer"))
     cdn_latency_ms: float = field(default=0.0, metadata=_doc("added to every CDN and ZIP answer"))
 
@@ -264,8 +285,18 @@ class FaultConfig:
         expand_routes(self.account_refusal_routes)
         if self.unknown_version_status not in (404, 500):
             raise ValueError("unknown_version_status must be 404 or 500")
-        if self.rate_limit_per_s is not None and self.rate_limit_per_s <= 0:
-            raise ValueError("rate_limit_per_s must be > 0")
+        for name in ("rate_limit_per_s", "rate_limit_change_per_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0 < self.rate_limit_burst_s <= 60:
+            raise ValueError("rate_limit_burst_s must be in (0, 60]")
+        if self.rate_limit_retry_after not in RETRY_AFTER_SHARES:
+            raise ValueError(f"rate_limit_retry_after must be one of {sorted(RETRY_AFTER_SHARES)}")
+        if self.rate_limit_change_per_s is not None and (
+            (self.rate_limit_change_after_calls is None) == (self.rate_limit_change_after_s is None)
+        ):
+            raise ValueError("rate_limit_change_per_s needs exactly one of rate_limit_change_after_calls/_after_s")
         for name in ("deleted_after_listing", "eventually_consistent", "undecodable", "count_gap"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -277,6 +308,8 @@ class FaultConfig:
     def from_dict(cls, data: dict) -> FaultConfig:
         return _from_dict(cls, data)
 
+
+RETRY_AFTER_SHARES = {"all": 1.0, "half": 0.5, "none": 0.0}
 
 TRANSIENT_FAULTS = (
     "throttle",

@@ -95,6 +95,11 @@ class RoboflowEmulator:
     def reset_counters(self) -> None:
         self._state.reset_counters()
 
+    def timeline(self) -> list[dict[str, float]]:
+        """The rate limiter's seconds: limit in force, calls let through, calls answered 429."""
+        buckets = self._state.buckets
+        return buckets.timeline() if buckets is not None else []
+
     @property
     def faults(self) -> FaultConfig:
         return self._state.fault_state.config

@@ -107,22 +107,54 @@ class FaultState:
 
 
 class TokenBuckets:
-    """Per-key token buckets: ``rate`` tokens/s, at most ``burst`` saved up."""
+    """Per-key token buckets like an API gateway's: ``rate`` tokens/s, at most ``burst_s`` seconds of
+    rate (or ``burst`` tokens) saved up. The rate can change to ``change_to`` after ``after_calls``
+    calls or ``after_s`` seconds, the way a key's share moves when another client on it starts or stops.
+    Every decision is also tallied per second (:meth:`timeline`) for the benchmark's pictures."""
 
-    def __init__(self, rate: float, burst: float):
+    def __init__(self, rate: float, burst_s: float, burst: int | None = None, *, change_to: float | None = None,
+                 after_calls: int | None = None, after_s: float | None = None):
         self.rate = rate
+        self.burst_s = burst_s
         self.burst = burst
+        self.change_to = change_to
+        self.after_calls = after_calls
+        self.after_s = after_s
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._calls = 0
+        self._start: float | None = None
+        self._seconds: dict[int, list[float]] = {}  # second -> [limit, answered, limited]
+
+    def rate_at(self, now: float) -> float:
+        if self.change_to is None or self._start is None:
+            return self.rate
+        if self.after_calls is not None and self._calls > self.after_calls:
+            return self.change_to
+        if self.after_s is not None and now - self._start >= self.after_s:
+            return self.change_to
+        return self.rate
 
     def take(self, key: str) -> float:
         """0 if the request may proceed, else the seconds until a token is available."""
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
+            if self._start is None:
+                self._start = now
+            self._calls += 1
+            rate = self.rate_at(now)
+            capacity = float(self.burst) if self.burst is not None else rate * self.burst_s
+            capacity = max(1.0, capacity)
+            tokens, last = self._buckets.get(key, (capacity, now))
+            tokens = min(capacity, tokens + (now - last) * rate)
+            allowed = tokens >= 1
+            self._buckets[key] = (tokens - 1 if allowed else tokens, now)
+            second = self._seconds.setdefault(int(now - self._start), [rate, 0, 0])
+            second[0] = rate
+            second[1 if allowed else 2] += 1
+            return 0.0 if allowed else (1 - tokens) / rate
+
+    def timeline(self) -> list[dict[str, float]]:
+        """Per second since the first call: the limit in force, calls let through, calls answered 429."""
+        with self._lock:
+            return [{"t": t, "limit": v[0], "passed": v[1], "limited": v[2]} for t, v in sorted(self._seconds.items())]

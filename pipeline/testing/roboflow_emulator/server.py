@@ -31,7 +31,7 @@ from .api import (
     storage_error,
     unauthorized,
 )
-from .config import API_ROUTES, EmulatorConfig, FaultConfig
+from .config import API_ROUTES, RETRY_AFTER_SHARES, EmulatorConfig, FaultConfig
 from .dataset import Dataset
 from .faults import FaultState, TokenBuckets
 from .images import ImageFactory
@@ -57,8 +57,10 @@ class EmulatorState:
     def _make_buckets(faults: FaultConfig) -> TokenBuckets | None:
         if faults.rate_limit_per_s is None:
             return None
-        burst = faults.rate_limit_burst if faults.rate_limit_burst is not None else faults.rate_limit_per_s
-        return TokenBuckets(faults.rate_limit_per_s, max(1.0, float(burst)))
+        return TokenBuckets(faults.rate_limit_per_s, faults.rate_limit_burst_s, faults.rate_limit_burst,
+                            change_to=faults.rate_limit_change_per_s,
+                            after_calls=faults.rate_limit_change_after_calls,
+                            after_s=faults.rate_limit_change_after_s)
 
     def set_faults(self, faults: FaultConfig) -> None:
         self.fault_state = FaultState(faults, self.dataset, self.config.seed)
@@ -208,7 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
             wait = state.buckets.take(key) if state.buckets is not None else 0.0
             if wait > 0:
                 state.count("fault:rate_limit")
-                self._send(self._too_many(route, faults, math.ceil(wait)), method, route, faults)
+                share = RETRY_AFTER_SHARES[faults.config.rate_limit_retry_after]
+                self._send(self._too_many(route, faults, math.ceil(wait), share), method, route, faults)
                 return
             if faults.account_refuses(route):
                 state.count("fault:account_refusal")
@@ -232,9 +235,10 @@ class _Handler(BaseHTTPRequestHandler):
             response = error_response(500, "Internal Server Error", "InternalServerError", "object")
         self._send(response, method, route, faults)
 
-    def _too_many(self, route: str, faults: FaultState, retry_after: int) -> Response:
+    def _too_many(self, route: str, faults: FaultState, retry_after: int, share: float | None = None) -> Response:
+        """A 429; ``share`` of them carry Retry-After (default: the random 429s' ``retry_after_fraction``)."""
         headers = {}
-        if faults.chance(faults.config.retry_after_fraction):
+        if faults.chance(faults.config.retry_after_fraction if share is None else share):
             headers["Retry-After"] = str(max(1, retry_after))
         style = faults.error_style(route, "object")
         return error_response(429, "Rate limit exceeded", "RateLimitException", style, headers=headers)
@@ -417,6 +421,8 @@ def control_route(state: EmulatorState, method: str, path: str, raw_body: bytes)
             return json_response(200, {"ok": True})
         if name == "counters" and method == "GET":
             return json_response(200, state.counters())
+        if name == "timeline" and method == "GET":
+            return json_response(200, state.buckets.timeline() if state.buckets is not None else [])
         if name == "counters" and method in ("POST", "DELETE"):
             state.reset_counters()
             return json_response(200, {})

@@ -1,0 +1,70 @@
+"""Each limit shape of the rate-limit matrix (bench/throughput.py --matrix) at a size CI can afford, with
+``--roboflow_rate_limit`` not given: no image lost, few calls wasted. Speed is the benchmark's business."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.testing.roboflow_emulator import FaultConfig
+from tests.importer import run_import
+
+DATASET = "00000000-0000-4000-8000-0000000012aa"
+IMAGES = 160
+
+
+@pytest.fixture
+def target(clean_supabase):
+    clean_supabase.execute_sql(f"insert into od_datasets (id, name) values ('{DATASET}', 'rate limit shapes')")
+    return clean_supabase
+
+
+def share_429(emu) -> float:
+    counters = emu.counters()
+    api = counters.get("image_details", 0) + counters.get("search", 0) + counters.get("search_v1", 0)
+    return counters.get("fault:rate_limit", 0) / max(1, api)
+
+
+SHAPES = {
+    "no_burst_no_retry_after": (FaultConfig(rate_limit_per_s=40, rate_limit_retry_after="none"), ()),
+    "drop_after_n_calls": (FaultConfig(rate_limit_per_s=60, rate_limit_change_per_s=20,
+                                       rate_limit_change_after_calls=60), ()),
+    "rise_after_n_calls": (FaultConfig(rate_limit_per_s=20, rate_limit_change_per_s=80,
+                                       rate_limit_change_after_calls=60), ()),
+    "random_429s_on_top": (FaultConfig(rate_limit_per_s=40, throttle_rate=0.1, throttle_routes=("image_details",)),
+                           ()),
+    "two_processes_one_key": (FaultConfig(rate_limit_per_s=40),
+                              ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator, target, tmp_path, monkeypatch,
+                                                               shape):
+    faults, extra = SHAPES[shape]
+    emu = roboflow_emulator(image_count=IMAGES, seed=12, faults=faults)
+    code, summary, letters = run_import(emu, target, tmp_path, DATASET, *extra, monkeypatch=monkeypatch)
+    assert (code, summary["failed"], letters) == (0, 0, [])
+    assert summary["imported"] == IMAGES
+    print(f"{shape}: {share_429(emu):.1%} of API calls answered 429 by the limit")
+    if shape == "drop_after_n_calls":  # one round of 429s tells the limit dropped; 3 s later they are rare
+        timeline = emu.timeline()
+        change = next(s["t"] for s in timeline if s["limit"] == 20)
+        after = [s for s in timeline if s["t"] >= change + 3]
+        assert sum(s["limited"] for s in after) <= 0.1 * sum(s["passed"] + s["limited"] for s in after), timeline
+        assert share_429(emu) <= 0.3
+    else:
+        assert share_429(emu) <= 0.12, emu.counters()  # the old controller wasted ~40 % at full size
+
+
+def test_a_key_that_only_answers_429_stops_the_run_with_every_image_dead_lettered(roboflow_emulator, target,
+                                                                                   tmp_path, monkeypatch, caplog):
+    emu = roboflow_emulator(image_count=30, seed=12, faults=FaultConfig(throttle_rate=1.0,
+                                                                        throttle_routes=("image_details",)))
+    code, summary, letters = run_import(emu, target, tmp_path, DATASET, "--roboflow_stall_timeout", "3",
+                                        monkeypatch=monkeypatch)
+    assert code == 3 and summary["failed"] == 30
+    assert {d.error_type for d in letters} == {"rate_limited"} and len(letters) == 30
+    assert all("--roboflow_stall_timeout" in d.message for d in letters)
+    assert emu.counters().get("image_details", 0) < 30 * 8  # the rest failed at once, not after a wait each
+    stall_lines = [r for r in caplog.records if r.levelname == "ERROR" and "--roboflow_stall_timeout" in r.getMessage()]
+    assert len(stall_lines) == 1  # one line says the run stops; the letters are warnings, one per image
