@@ -289,6 +289,50 @@ def test_callers_that_find_no_token_reserve_the_next_ones_and_sleep_once_each():
     assert recorded == pytest.approx([0.01 * k for k in range(1, 21)])
 
 
+def test_callers_reserve_only_a_little_ahead_so_a_new_rate_paces_the_next_sends():
+    """A hundred threads arriving together at 100/s: a quarter second of them reserve; the rest come back
+    later, so a cut in between paces them at the new rate instead of the slots reserved at the old one."""
+    t = FakeTime()
+    limiter = limiter_with(t, 100.0, burst_seconds=0.0)
+
+    def sleep(seconds: float) -> None:
+        raise Slept(seconds)
+
+    limiter._sleep = sleep
+    waits = []
+    for _ in range(100):
+        try:
+            limiter.acquire()
+        except Slept as slept:
+            waits.append(slept.seconds)
+    assert max(waits) <= 0.25 + 1e-9
+    assert first_wait_of(limiter) <= 0.02  # the next caller only checks back, it holds no slot
+
+
+def test_the_cut_reads_what_the_gateway_let_through_whatever_rate_paced_the_requests():
+    """Answers to requests reserved before the round (at the older rate) still say what the gateway let
+    through in it; the round's own few answers, skewed to its end, read the limit low."""
+    t = FakeTime()
+    limiter = limiter_with(t, None, initial_rate=150.0, min_samples=10)
+    for _ in range(150):
+        limiter.acquire()
+    stale = limiter._local.epoch
+    limiter._set_rate(150.0, t.now)  # a new epoch: the requests above were paced before it
+    start = t.now
+    for _ in range(120):  # let through, in this round, to requests of the older epoch
+        limiter._local.epoch = stale
+        limiter.on_success()
+    for _ in range(75):
+        limiter.acquire()
+    t.now = max(t.now, start + 1.0)
+    elapsed = t.now - start
+    for i in range(10):  # this epoch's own answers: half of them 429; the tenth is judged
+        (limiter.on_throttled if i % 2 else limiter.on_success)()
+    own_reading = 75 / elapsed * 0.5
+    assert limiter.rate == pytest.approx(0.97 * (120 + 5) / elapsed, rel=0.02)
+    assert limiter.rate > 1.5 * own_reading
+
+
 # ---- StallWatch -------------------------------------------------------------------------------
 
 
