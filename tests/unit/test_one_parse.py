@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,12 +41,13 @@ def test_the_command_line_is_checked_and_parsed_once(extra, monkeypatch, capsys)
     assert seen[0].plan is bool(extra)
 
 
-def fake_worker(monkeypatch, out) -> list[dict]:
+def fake_worker(monkeypatch) -> list[dict]:
     """The worker process replaced by a recorder of its request and of the output directory at that moment."""
     requests = []
 
     async def run(self):
-        requests.append({"request": json.loads(json.dumps(self.request)), "files": sorted(out.rglob("*"))})
+        out = Path(self.request["options"]["dead_letter_path"]).parent
+        requests.append({"request": json.loads(json.dumps(self.request)), "out": out, "files": sorted(out.rglob("*"))})
         summary = {"complete": True, "new": 0, "changed": 0, "unchanged": 0, "failed": 0, "listed": 0,
                    "imported": 0, "annotations": 0, "seconds": 0.1}
         return summary, []
@@ -54,16 +56,19 @@ def fake_worker(monkeypatch, out) -> list[dict]:
     return requests
 
 
-def test_the_api_sends_option_values_with_the_class_mapping_inline_and_writes_no_file(monkeypatch, tmp_path):
-    out = tmp_path / "out"
-    requests = fake_worker(monkeypatch, out)
+@pytest.mark.parametrize("given_dir", [True, False], ids=["output_dir", "temporary"])
+def test_the_api_sends_option_values_with_the_class_mapping_inline_and_writes_no_file(given_dir, monkeypatch,
+                                                                                       tmp_path):
+    requests = fake_worker(monkeypatch)
     result = asyncio.run(api.streaming_import_from_roboflow(
         ROBOFLOW_KEY, "ws", "p", DATASET, ENTRIES, concurrency=7, job_id="job-9", version=3,
-        supabase_url="http://127.0.0.1:9", supabase_key=SUPABASE_KEY, output_dir=str(out),
+        supabase_url="http://127.0.0.1:9", supabase_key=SUPABASE_KEY,
+        output_dir=str(tmp_path / "out") if given_dir else None,
         pipeline_args=["--batch_size", "20", "--concurrency", "4"]))
     assert result.success and len(requests) == 1
-    request, files = requests[0]["request"], requests[0]["files"]
+    request, out, files = requests[0]["request"], requests[0]["out"], requests[0]["files"]
     assert files == [] and "argv" not in request  # no mapping file, no argv strings
+    assert out == tmp_path / "out" if given_dir else not out.exists()  # a temporary one is removed
     assert request["options"]["class_mapping"] == ENTRIES
     options_json = json.dumps(request["options"]) + json.dumps(request["pipeline_args"])
     assert ROBOFLOW_KEY not in options_json and SUPABASE_KEY not in options_json
@@ -79,8 +84,8 @@ def test_the_api_sends_option_values_with_the_class_mapping_inline_and_writes_no
                                                                            str(out / "dead_letters"))
 
 
-def test_a_bad_inline_class_mapping_is_refused_by_the_file_checks_before_the_worker(monkeypatch, tmp_path):
-    requests = fake_worker(monkeypatch, tmp_path)
+def test_a_bad_inline_class_mapping_is_refused_by_the_file_checks_before_the_worker(monkeypatch):
+    requests = fake_worker(monkeypatch)
     with pytest.raises(api.ImportInputError, match=r"^class mapping in the request entry 1 \('background'\) must "
                                                    r"set exactly one of"):
         asyncio.run(api.streaming_import_from_roboflow(
