@@ -172,7 +172,7 @@ def test_dry_run_command_builds_the_dataflow_job_graph(roboflow_emulator, target
     staged = [dep.role_payload for env in proto.components.environments.values() for dep in env.dependencies]
     assert any(b"workflow.tar.gz" in name for name in staged)  # the sdist of setup.py, for the workers
     # The Dataflow Environment as the service (and its console) would get it, options included.
-    job = str(apiclient.Environment([], options, "8", "gs://offline-bucket/staging/pipeline.pb", proto).proto)
+    job = str(apiclient.Environment([], options.pipeline, "8", "gs://offline-bucket/staging/pipeline.pb", proto).proto)
     for shown in ('machine_type: "n1-standard-4"', "max_num_workers: 5", 'network: "import-net"',
                   "importer@offline-proj.iam.gserviceaccount.com", RF_SECRET, SB_SECRET):
         assert shown in job, shown
