@@ -22,10 +22,12 @@ workspace, project, version, dataset_id, class_mapping, concurrency=20, progress
 Why a worker process per import (``python -m pipeline.import_worker``, not a thread or
 ``multiprocessing``): the Beam pipeline holds the GIL for much of its work, so in a thread it would
 still stall the caller's event loop; in its own process the loop only reads a pipe. A crash, a leak
-or a stuck library in the pipeline ends that process, not the web service. The keys travel on the
-child's stdin, so neither the parent's ``os.environ`` nor any argv ever holds them, and two imports
-with different keys run at the same time without a lock (each child's environment is its own; the
-child is started without the parent's ``ROBOFLOW_API_KEY``/``SUPABASE_SERVICE_ROLE_KEY``). A fresh
+or a stuck library in the pipeline ends that process, not the web service. The request travels on
+the child's stdin as one JSON line: option values (the class mapping's entries among them, no file),
+which the child parses once into the pipeline's options, and the keys, so neither the parent's
+``os.environ`` nor any argv or option ever holds them, and two imports with different keys run at
+the same time without a lock (each child's environment is its own; the child is started without
+the parent's ``ROBOFLOW_API_KEY``/``SUPABASE_SERVICE_ROLE_KEY``). A fresh
 ``python -m`` interpreter, unlike ``multiprocessing``'s spawn, does not re-import the web service's
 ``__main__``. The cost is the child's start per import: its Python and Beam imports, 5 to 8 s on a
 loaded 2-core machine (README, "Python API").
@@ -65,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline.class_mapping import AUTO, parse_entries
+from pipeline.class_mapping import load_class_mapping
 from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV, SUPABASE_URL_ENV
 from pipeline.errors import InputError
 from pipeline.progress import Progress, render_line
@@ -209,20 +211,16 @@ class RoboflowStreamingImporter:
             request, report = ImportRequest(*in_call), progress_callback
             concurrency = PLAN_CONCURRENCY if concurrency is None else concurrency
         request = dataclasses.replace(request, class_mapping=plain_entries(request.class_mapping))
-        argv, keys = self._checked(request, concurrency)
+        options, keys = self._checked(request, concurrency)
         with _output_directory(self.output_dir) as out:
-            mapping = request.class_mapping
-            if mapping != AUTO:
-                (out / "class_mapping.json").write_text(json.dumps(mapping), encoding="utf-8")
-            argv += ["--class_mapping", AUTO if mapping == AUTO else str(out / "class_mapping.json"),
-                     "--dead_letter_path", str(out / "dead_letters"), "--summary_path", str(out / "summary.json")]
-            worker_request = {"argv": argv + self.pipeline_args, "dead_letter_path": str(out / "dead_letters"), **keys}
+            options |= {"dead_letter_path": str(out / "dead_letters"), "summary_path": str(out / "summary.json")}
+            worker_request = {"options": options, "pipeline_args": self.pipeline_args, **keys}
             summary, letters = await WorkerRun(worker_request, report).run()
             return result_from(summary, letters, output_dir=str(out) if self.output_dir else None,
                                job_id=self.job_id)
 
-    def _checked(self, request: ImportRequest, concurrency: object) -> tuple[list[str], dict[str, str]]:
-        """The worker's argv and keys; :class:`ImportInputError` for what is wrong with the call itself."""
+    def _checked(self, request: ImportRequest, concurrency: object) -> tuple[dict[str, Any], dict[str, str]]:
+        """The worker's option values and keys; :class:`ImportInputError` for what is wrong with the call itself."""
         api_key = request.api_key
         if not isinstance(api_key, str) or not api_key.strip():
             raise ImportInputError("api_key is empty; pass the workspace's private Roboflow API key")
@@ -248,20 +246,17 @@ class RoboflowStreamingImporter:
         if request.class_mapping is None:
             raise ImportInputError('class_mapping is missing; pass the request\'s list of entries, or "auto"')
         try:
-            if request.class_mapping != AUTO:
-                parse_entries(request.class_mapping, "in the request")
+            load_class_mapping(request.class_mapping)  # checked here as the worker checks it: no temp file
         except InputError as exc:
             raise ImportInputError(redact(exc)) from None
-        argv = ["--roboflow_workspace", str(request.workspace).strip(), "--roboflow_project",
-                str(request.project).strip(), "--dataset_id", str(request.dataset_id).strip(),
-                "--supabase_url", supabase_url, "--concurrency", str(concurrency), "--quiet"]
-        if version is not None:
-            argv += ["--roboflow_version", str(version)]
-        if self.roboflow_api_url:
-            argv += ["--roboflow_api_url", self.roboflow_api_url]
-        if self.job_id:  # names the run in od_import_runs; resuming does not depend on it
-            argv += ["--run_id", self.job_id]
-        return argv, {"roboflow_key": api_key, "supabase_key": supabase_key}
+        options = {  # None: the option's default (pipeline/validation.py, options_from_values)
+            "roboflow_workspace": str(request.workspace).strip(), "roboflow_project": str(request.project).strip(),
+            "dataset_id": str(request.dataset_id).strip(), "supabase_url": supabase_url, "concurrency": concurrency,
+            "quiet": True, "class_mapping": request.class_mapping, "roboflow_version": version,
+            "roboflow_api_url": self.roboflow_api_url,
+            "run_id": self.job_id or None,  # names the run in od_import_runs; resuming does not depend on it
+        }
+        return options, {"roboflow_key": api_key, "supabase_key": supabase_key}
 
 
 async def streaming_import_from_roboflow(api_key: str, workspace: str, project: str, dataset_id: str,

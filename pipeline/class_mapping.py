@@ -13,7 +13,8 @@ or as YAML (``.yaml``/``.yml``, or any file not starting with ``[`` or ``{``)::
 
 Each entry does exactly one thing: map to an existing class, create a dataset-scoped class, or
 skip. ``auto`` maps every Roboflow class to a dataset class of the same name, created with
-Roboflow's colour when absent. Every Roboflow class needs an entry: an unmapped class is an input
+Roboflow's colour when absent. From Python (pipeline/api.py) the option takes the list of
+entries itself, no file. Every Roboflow class needs an entry: an unmapped class is an input
 error before anything is written, not annotations silently dropped.
 """
 
@@ -104,12 +105,15 @@ def _parse_yaml(text: str, path: str) -> Any:
         raise InputError(f"class mapping file {path} is not valid YAML ({where}{problem}); fix the file") from None
 
 
-def load_class_mapping(path: str | None) -> list[MappingEntry] | str:
-    """The mapping entries from a JSON or YAML file, or ``"auto"``."""
+def load_class_mapping(path: str | list[Any] | None) -> list[MappingEntry] | str:
+    """The mapping entries from a JSON or YAML file, ``"auto"``, or the entries themselves (from Python:
+    the API's request), checked by the same :func:`parse_entries` as a file's."""
     if path is None:
         raise InputError("no --class_mapping given; pass a JSON or YAML mapping file or --class_mapping auto")
     if path == AUTO:
         return AUTO
+    if not isinstance(path, str):
+        return parse_entries(path, "in the request")
     file = Path(path)
     if not file.is_file():
         raise InputError(f"class mapping file {path} not found; check --class_mapping")

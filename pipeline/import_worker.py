@@ -1,13 +1,17 @@
 """The child side of pipeline/api.py: one import in its own process (``python -m pipeline.import_worker``).
 
-The parent writes one JSON line on stdin, the request ``{"argv", "roboflow_key", "supabase_key",
-"dead_letter_path"}``, and keeps stdin open. Its end (the parent closed it because the awaiting task
-was cancelled, or the parent died) stops this process at once: an import never outlives its caller,
-and every write is idempotent, so running the import again completes what was cut short.
+The parent writes one JSON line on stdin, the request ``{"options", "pipeline_args", "roboflow_key",
+"supabase_key"}`` (``options``: importer option values by name, the class mapping's entries among
+them; ``pipeline_args``: the caller's extra flags), and keeps stdin open. Its end (the parent closed
+it because the awaiting task was cancelled, or the parent died) stops this process at once: an
+import never outlives its caller, and every write is idempotent, so running the import again
+completes what was cut short.
 
 Messages go back as JSON lines ``{"kind", "body"}`` on the process's original stdout: ``log``
 (every log record, redacted), ``progress`` (a :class:`~pipeline.progress.Progress`), ``dead_letter``
-(one per image not imported), then exactly one of ``result`` (the summary), ``input_error`` or
+(one per image not imported, read from the run's ``--dead_letter_path``: the pipeline's workers, in
+other processes on some runners, write them there; one message each keeps a line short whatever
+their number), then exactly one of ``result`` (the summary), ``input_error`` or
 ``failed``. File descriptor 1 is pointed at stderr before anything is imported, so a library that
 prints cannot corrupt the messages; stderr is forwarded to the parent's log.
 
@@ -74,10 +78,11 @@ def exit_when_parent_goes(fd: int) -> None:
 
 
 def run_import(request: dict, channel: Channel) -> int:
-    """The one place that calls the pipeline (``pipeline.main.execute``)."""
+    """The one place that calls the pipeline (``pipeline.main.execute``), with the options parsed once."""
     from pipeline import main as importer
     from pipeline.api import keys_in_environment
     from pipeline.errors import InputError
+    from pipeline.validation import options_from_values
     from transforms.core.redact import redact, register_secret
     from transforms.dead_letters import read_dead_letters
 
@@ -85,9 +90,9 @@ def run_import(request: dict, channel: Channel) -> int:
     register_secret(roboflow_key)
     register_secret(supabase_key)
     try:
+        options = options_from_values(request["options"], request["pipeline_args"])
         with keys_in_environment(roboflow_key, supabase_key):
-            outcome = importer.execute(request["argv"],
-                                       lambda progress: channel.send("progress", dataclasses.asdict(progress)))
+            outcome = importer.execute(options, lambda progress: channel.send("progress", dataclasses.asdict(progress)))
     except InputError as exc:
         channel.send("input_error", redact(exc))
         return EXIT_INPUT
@@ -95,7 +100,7 @@ def run_import(request: dict, channel: Channel) -> int:
         log.debug("import failed", exc_info=True)
         channel.send("failed", f"{type(exc).__name__}: {redact(exc)}")
         return EXIT_FAILED
-    for letter in read_dead_letters(request["dead_letter_path"]):
+    for letter in read_dead_letters(options.importer.dead_letter_path):
         channel.send("dead_letter", {"image_id": letter.image_id, "step": letter.step,
                                      "error_type": letter.error_type, "message": redact(letter.message)})
     channel.send("result", outcome.summary)

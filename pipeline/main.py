@@ -28,11 +28,11 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
 from pipeline import launch, plan, preflight, runs, target, validation
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions, concurrency_of, help_text
+from pipeline.options import ImportOptions, ParsedOptions, concurrency_of, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, stop_line, write_summary
 from transforms.batch_images import BatchImages
@@ -117,14 +117,14 @@ def images_to_retry(directory: str) -> list[str]:
     return sorted({letter.image_id for letter in letters})
 
 
-def runner_settings(options: PipelineOptions, argv: list[str]) -> tuple[str, int]:
+def runner_settings(options: ParsedOptions) -> tuple[str, int]:
     """Pin the local runner (FnApiRunner, several threads) unless told otherwise; refuse the traps.
 
     Returns the runner's name and how many worker processes share ``--roboflow_rate_limit``.
-    ``--direct_num_workers`` defaults to 1 in Beam, so only its absence from ``argv`` says "not given".
+    ``--direct_num_workers`` defaults to 1 in Beam, so only ``options.given`` tells "not given" from 1.
     """
-    standard = options.view_as(StandardOptions)
-    direct = options.view_as(DirectOptions)
+    standard = options.pipeline.view_as(StandardOptions)
+    direct = options.pipeline.view_as(DirectOptions)
     if standard.runner is None:
         standard.runner = "FnApiRunner"
     name = str(standard.runner).rsplit(".", 1)[-1].lower()
@@ -133,14 +133,14 @@ def runner_settings(options: PipelineOptions, argv: list[str]) -> tuple[str, int
                          "GroupIntoBatches to the legacy runner, which fails splittable DoFns); "
                          "use --runner=FnApiRunner (the default) or DataflowRunner")
     if name == "fnapirunner":
-        if not any(arg.split("=", 1)[0] == "--direct_num_workers" for arg in argv):
+        if "direct_num_workers" not in options.given:
             direct.direct_num_workers = LOCAL_WORKERS
         if direct.direct_running_mode == "in_memory":
             direct.direct_running_mode = "multi_threading"
         processes = direct.direct_num_workers if direct.direct_running_mode == "multi_processing" else 1
         return name, processes
     if name == "dataflowrunner":  # the job's SDK processes, each with its share of the rate limit
-        return name, launch.check_dataflow(options)
+        return name, launch.check_dataflow(options.pipeline)
     return name, 1
 
 
@@ -150,24 +150,23 @@ class Outcome(NamedTuple):
     summary_path: str
 
 
-def execute(argv: list[str], progress_callback: Callable[[Progress], object] | None = None) -> Outcome:
-    """The import, shared by the command line (:func:`run`) and the Python API (pipeline/api.py).
+def execute(options: ParsedOptions, progress_callback: Callable[[Progress], object] | None = None) -> Outcome:
+    """The import, shared by the command line (:func:`run`) and the Python API (pipeline/import_worker.py),
+    each of which parsed its options once (pipeline/validation.py).
 
     Raises :class:`InputError` before anything is written and prints nothing on stdout. The
     progress line goes to stderr unless ``--quiet``; ``progress_callback(Progress)`` is called as
     images complete (pipeline/progress.py) and once at the end.
     """
     started = time.monotonic()
-    validation.check_command_line(argv)  # before view_as: argparse would print its usage text
-    options = PipelineOptions(argv)
-    opts = options.view_as(ImportOptions)
-    if opts.plan or opts.plan_json:  # run() answers these before execute(); here they would write
+    opts = options.importer
+    if plan.requested(options):  # run() answers these before execute(); here they would write
         raise InputError("--plan only prints a plan, from the command line (python -m pipeline.main --plan ...); "
                          "this call imports, so leave --plan out of its arguments")
     if not opts.progress_interval > 0:  # also NaN
         raise InputError(f"--progress_interval must be a positive number of seconds (got {opts.progress_interval}); "
                          "omit it for the default 10")
-    runner, processes = runner_settings(options, argv)
+    runner, processes = runner_settings(options)
     retry_ids = images_to_retry(opts.retry_dead_letters) if opts.retry_dead_letters else None
     checked = preflight.check(opts, workers=processes)
     if retry_ids is not None:
@@ -185,13 +184,14 @@ def execute(argv: list[str], progress_callback: Callable[[Progress], object] | N
         multilabel=bool(checked.project_type and checked.project_type.multilabel),
         bucket_public=checked.supabase.bucket_public, run_id=run.id, resuming=run.resuming,
         change_detection=opts.change_detection)
-    shards = opts.shards or 4 * max(LOCAL_WORKERS, options.view_as(DirectOptions).direct_num_workers or 1, processes)
+    direct_workers = options.pipeline.view_as(DirectOptions).direct_num_workers
+    shards = opts.shards or 4 * max(LOCAL_WORKERS, direct_workers or 1, processes)
     remove_dead_letters(opts.dead_letter_path)
     log.info("importing %s/%s (%d images reported) into dataset %s with %s, run %s%s",
              checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner, run.id,
              f" (resumed, attempt {run.attempts})" if run.resuming else "")
 
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(options=options.pipeline)
     build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
     # Live progress needs the DoFns in this process (pipeline/progress.py); elsewhere: Beam counters.
     live = runner == "fnapirunner" and processes == 1
@@ -239,9 +239,10 @@ def run(argv: list[str] | None = None) -> int:
         print(help_text())
         return EXIT_OK
     try:
-        if plan.requested(argv):  # --plan: reads only, prints what the import would do (pipeline/plan.py)
-            return plan.run_plan(argv)
-        outcome = execute(argv)
+        options = validation.parse_command_line(argv)  # the one parse
+        if plan.requested(options):  # --plan: reads only, prints what the import would do (pipeline/plan.py)
+            return plan.run_plan(options)
+        outcome = execute(options)
     except InputError as exc:
         print(f"error: {redact(exc)}", file=sys.stderr)
         return EXIT_INPUT

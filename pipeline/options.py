@@ -5,6 +5,9 @@ a ``roboflow_`` prefix. Keys are never options: options are stored with a Datafl
 its console. Locally the keys come from ``ROBOFLOW_API_KEY`` and ``SUPABASE_SERVICE_ROLE_KEY``; on
 Dataflow from Secret Manager versions named by ``--*_secret`` options.
 
+An import's options are parsed and checked once (pipeline/validation.py: from the command line, or
+from the Python API's values) into a :class:`ParsedOptions`, which the plan and the import take.
+
 The option list is written once, here: ``python -m pipeline.main --help`` prints it
 (:func:`help_text`) and the README's option table is generated from it (:func:`markdown_table`,
 ``python -m pipeline.options``), so the two cannot drift apart (tests/unit/test_options_help.py).
@@ -13,6 +16,7 @@ The option list is written once, here: ``python -m pipeline.main --help`` prints
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -124,10 +128,31 @@ class ImportOptions(PipelineOptions):
                                "name")
 
 
+@dataclasses.dataclass(frozen=True)
+class ParsedOptions:
+    """One import's options, parsed once: Beam's options, which the pipeline gets, and the names set.
+
+    ``given`` is kept because Beam fills in its defaults and cannot tell a default from the same value
+    given: ``--direct_num_workers 1`` is a choice the importer keeps, its absence is not.
+    """
+
+    pipeline: PipelineOptions
+    given: frozenset[str] = frozenset()
+
+    @property
+    def importer(self) -> ImportOptions:
+        return self.pipeline.view_as(ImportOptions)
+
+
 def _groups() -> list[argparse._ArgumentGroup]:
     parser = argparse.ArgumentParser(add_help=False)
     ImportOptions._add_argparse_args(parser)
     return [group for group in parser._action_groups if group._group_actions]
+
+
+def importer_actions() -> list[argparse.Action]:
+    """The importer's options as argparse defines them: name (``dest``), type, choices, default."""
+    return [action for group in _groups() for action in group._group_actions]
 
 
 def _usage(action: argparse.Action) -> str:

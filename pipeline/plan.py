@@ -27,10 +27,9 @@ import time
 from typing import Any
 
 import requests
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import preflight, runs, validation
-from pipeline.options import ImportOptions
+from pipeline import preflight, runs
+from pipeline.options import ImportOptions, ParsedOptions
 from pipeline.remote_checks import PREFLIGHT_RETRY
 from transforms.clients.imported import iter_imported
 from transforms.clients.listing import (
@@ -57,16 +56,15 @@ SAMPLE_SIZE = 8  # new images whose size is measured (one details call + one HEA
 DEFAULT_START_RATE = 200.0
 
 
-def requested(argv: list[str]) -> bool:
-    """Whether the command line asks for a plan (flags checked first: one-line errors, no usage text)."""
-    validation.check_command_line(argv)
-    opts = PipelineOptions(argv).view_as(ImportOptions)
-    return bool(opts.plan or opts.plan_json)  # --plan_json alone asks for a plan too, never for an import
+def requested(options: ParsedOptions) -> bool:
+    """Whether the options ask for a plan: ``--plan_json`` alone asks for one too, never for an import."""
+    opts = options.importer
+    return bool(opts.plan or opts.plan_json)
 
 
-def run_plan(argv: list[str]) -> int:
+def run_plan(options: ParsedOptions) -> int:
     """Print the plan (a table, or JSON with ``--plan_json``); 0 if the import could run, else 2."""
-    opts = PipelineOptions(argv).view_as(ImportOptions)
+    opts = options.importer
     opts.plan = True  # also when only --plan_json was given
     checked = preflight.check(opts)
     plan = make_plan(checked, opts)

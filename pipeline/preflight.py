@@ -1,10 +1,11 @@
 """Everything checked before the first write, in one call: :func:`check` returns a :class:`Checked`.
 
-It runs the checks that need no network first (pipeline/validation.py: command line, options,
-filters, output paths, secrets present), then the remote ones (pipeline/remote_checks.py: the
-Roboflow project and version, the Supabase target: reachable, service key, schema, dataset, classes,
-bucket), and raises :class:`InputError` with one line naming the fix. It writes nothing: the first
-writes (bucket, classes) and the counters after the run are pipeline/target.py's.
+It takes the options parsed once (the command line was checked then: pipeline/validation.py) and
+runs the checks that need no network first (pipeline/validation.py: options, filters, output
+paths, secrets present), then the remote ones (pipeline/remote_checks.py: the Roboflow project and
+version, the Supabase target: reachable, service key, schema, dataset, classes, bucket), and
+raises :class:`InputError` with one line naming the fix. It writes nothing: the first writes
+(bucket, classes) and the counters after the run are pipeline/target.py's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pipeline.remote_checks import (
     supabase_failure,
 )
 from pipeline.validation import (
-    check_command_line,
     check_options,
     check_output_paths,
     check_selection,
@@ -78,7 +78,6 @@ class Checked:
 
 def check(opts: ImportOptions, workers: int = 1) -> Checked:
     """All validation; raises InputError on the first problem. Writes nothing."""
-    check_command_line(getattr(opts, "_flags", None))  # Beam keeps the raw flags only there
     check_options(opts)
     selection = selection_of(opts)
     check_selection(opts, selection)

@@ -1,10 +1,13 @@
 """Checks of the command line and options that need no network: one line naming the fix for each.
 
-Called by :func:`pipeline.preflight.check` first, so a typo never waits on a remote call.
+The command line (or the API's values) is checked and parsed here once, into
+:class:`~pipeline.options.ParsedOptions`; :func:`pipeline.preflight.check` runs the option checks
+first, so a typo never waits on a remote call.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import difflib
 import json
@@ -19,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from pipeline.class_mapping import AUTO, MappingEntry
 from pipeline.environment import ROBOFLOW_KEY_ENV, SUPABASE_KEY_ENV
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions
+from pipeline.options import ImportOptions, ParsedOptions, importer_actions
 from transforms.clients.listing import SPLITS, ListingSpec, Selection, selection_body, selection_query
 from transforms.core.ratelimit import DEFAULT_STALL_TIMEOUT
 from transforms.core.redact import redact
@@ -37,21 +40,28 @@ class _CommandLineParser(_BeamArgumentParser):
         raise InputError(f"{message}; see python -m pipeline.main --help")
 
 
-def check_command_line(flags: list[str] | None) -> None:
-    """Every flag is known to Beam or the importer and its value parses.
+def _command_line_parser() -> _CommandLineParser:
+    """Every option of Beam and the importer, with no defaults: what it parses is what was given."""
+    parser = _CommandLineParser(allow_abbrev=False, add_help=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return parser
+
+
+def check_command_line(flags: list[str] | None) -> frozenset[str]:
+    """Every flag is known to Beam or the importer and its value parses; returns the options given.
 
     Beam drops an unknown flag silently, so a typo (``--batch-size``, ``--create-bucket``) would
     run with the default; a bad value would print argparse's usage text. Both are one line here.
     """
     if not flags:
-        return
-    parser = _CommandLineParser(allow_abbrev=False, add_help=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(flags)
+        return frozenset()
+    given, unknown = _command_line_parser().parse_known_args(flags)
     unknown = [arg for arg in unknown if arg not in ("-h", "--help")]
     if not unknown:
-        return
+        return frozenset(vars(given))
     dashed = [arg for arg in unknown if arg.startswith("-")]
     if not dashed:  # a stray value is not echoed: it may be a pasted key
         option = next((f for f in reversed(flags[:flags.index(unknown[0])]) if f.startswith("-")), None)
@@ -65,6 +75,52 @@ def check_command_line(flags: list[str] | None) -> None:
     close = difflib.get_close_matches("--" + name.lstrip("-").replace("-", "_"), known, n=1)
     hint = f"did you mean {close[0]}?" if close else "see python -m pipeline.main --help"
     raise InputError(f"unknown option {name}; {hint}")
+
+
+def parse_command_line(argv: list[str]) -> ParsedOptions:
+    """The command line, checked (one-line errors, never argparse's usage text) and parsed, once."""
+    given = check_command_line(argv)
+    return ParsedOptions(PipelineOptions(argv), given)
+
+
+# Options that take a Python value besides the flag's string: the class mapping's entries themselves
+# (the API's request), checked by pipeline/class_mapping.py as the entries of a file are.
+PYTHON_VALUES: dict[str, tuple[type, str]] = {"class_mapping": (list, "a list of entries")}
+
+
+def check_option_values(values: dict[str, Any]) -> None:
+    """Values set from Python are importer options of the type their flag parses to."""
+    actions = {action.dest: action for action in importer_actions()}
+    for name, value in values.items():
+        action = actions.get(name)
+        if action is None:
+            raise InputError(f"unknown option {name}; see python -m pipeline.main --help")
+        if action.nargs == 0:
+            kinds, what = (bool,), "true or false"
+        elif action.type is int:
+            kinds, what = (int,), "an integer"
+        elif action.type is float:
+            kinds, what = (int, float), "a number"
+        elif name in PYTHON_VALUES:
+            kind, described = PYTHON_VALUES[name]
+            kinds, what = (str, kind), f"a string or {described}"
+        else:
+            kinds, what = (str,), "a string"
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise InputError(f"option {name} must be {what} (got {type(value).__name__})")
+        if action.choices and value not in action.choices:
+            raise InputError(f"option {name} must be one of {', '.join(action.choices)} (got {value!r})")
+
+
+def options_from_values(values: dict[str, Any], flags: list[str] | None = None) -> ParsedOptions:
+    """Options set from Python (the API's request; ``None`` leaves the default) with more flags on top.
+
+    A flag also set in ``values`` wins, as the later of two flags does on a command line.
+    """
+    given_flags = check_command_line(flags)
+    values = {name: value for name, value in values.items() if value is not None and name not in given_flags}
+    check_option_values(values)
+    return ParsedOptions(PipelineOptions(list(flags or []), **values), given_flags | frozenset(values))
 
 
 def _require(value: Any, flag: str, example: str) -> Any:

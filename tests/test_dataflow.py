@@ -29,7 +29,6 @@ from apache_beam.utils import secret as beam_secret
 from pipeline import main as importer
 from pipeline import preflight, validation
 from pipeline.errors import InputError
-from pipeline.options import ImportOptions
 from pipeline.testing.roboflow_emulator import FaultConfig
 from tests import gcs_standin
 from tests.importer import importer_args
@@ -147,11 +146,10 @@ def test_dry_run_command_builds_the_dataflow_job_graph(roboflow_emulator, target
         monkeypatch.delenv(name, raising=False)
     secrets = FakeSecretManager({RF_SECRET: emu.config.api_key, SB_SECRET: target.service_role_key})
     monkeypatch.setattr(beam_secret, "GcpSecret", secrets.cls)
-    validation.check_command_line(flags)
-    options = PipelineOptions(flags + ["--dry_run=True"])
-    runner, processes = importer.runner_settings(options, flags)
+    options = validation.parse_command_line(flags + ["--dry_run=True"])
+    runner, processes = importer.runner_settings(options)
     assert (runner, processes) == ("dataflowrunner", 5 * 4)  # 5 workers x one SDK process per vCPU
-    opts = options.view_as(ImportOptions)
+    opts = options.importer
     checked = preflight.check(opts, workers=processes)
     assert sorted(secrets.read) == sorted([RF_SECRET, SB_SECRET])
     assert checked.roboflow.rate_limit == pytest.approx(100 / 20)
@@ -159,7 +157,7 @@ def test_dry_run_command_builds_the_dataflow_job_graph(roboflow_emulator, target
     assert checked.supabase.service_key == SecretRef(secret_version=SB_SECRET)
 
     context = ImportContext(DATASET, checked.workspace, checked.project, None, checked.supabase.bucket, {}, None)
-    p = beam.Pipeline(options=options)
+    p = beam.Pipeline(options=options.pipeline)
     importer.build_pipeline(p, checked, context, opts, shards=4 * processes)
     run = p.run()
     assert run.state == PipelineState.DONE
@@ -174,7 +172,7 @@ def test_dry_run_command_builds_the_dataflow_job_graph(roboflow_emulator, target
     staged = [dep.role_payload for env in proto.components.environments.values() for dep in env.dependencies]
     assert any(b"workflow.tar.gz" in name for name in staged)  # the sdist of setup.py, for the workers
     # The Dataflow Environment as the service (and its console) would get it, options included.
-    job = str(apiclient.Environment([], options, "8", "gs://offline-bucket/staging/pipeline.pb", proto).proto)
+    job = str(apiclient.Environment([], options.pipeline, "8", "gs://offline-bucket/staging/pipeline.pb", proto).proto)
     for shown in ('machine_type: "n1-standard-4"', "max_num_workers: 5", 'network: "import-net"',
                   "importer@offline-proj.iam.gserviceaccount.com", RF_SECRET, SB_SECRET):
         assert shown in job, shown
