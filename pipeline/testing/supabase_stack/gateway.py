@@ -26,7 +26,8 @@ from .faults import (
     proxy_413_page,
     uri_too_long_page,
 )
-from .storage import StorageDouble, StorageResponse, coded_error, entity_too_large, no_such_key
+from .storage.routes import StorageDouble
+from .storage.wire import StorageResponse, coded_error, entity_too_large, no_such_key
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ class Gateway:
             return
         fault_config = self.faults.faults
         proxy_limit = fault_config.proxy_max_body_bytes
-        storage_limit = self.storage.global_file_size_limit + MULTIPART_OVERHEAD
+        storage_limit = self.storage.store.global_file_size_limit + MULTIPART_OVERHEAD
         limit = proxy_limit
         if service == "storage":
             limit = storage_limit if proxy_limit is None else min(proxy_limit, storage_limit)
