@@ -427,17 +427,7 @@ class Gateway:
         if decision.kind in ("storage_5xx", "storage_429", "storage_413"):
             self.counters.fault(decision.kind)
             if decision.status == 429:
-                self._reply(
-                    handler,
-                    label,
-                    429,
-                    {
-                        "statusCode": "429",
-                        "code": "SlowDown",
-                        "error": "too_many_connections",
-                        "message": "Too many connections issued to the database",
-                    },
-                )
+                self._reply(handler, label, 429, coded_error(429).body())
             elif decision.status == 413:
                 self._reply_raw(handler, label, 413, proxy_413_page(), "text/html")
             elif decision.status == 503:

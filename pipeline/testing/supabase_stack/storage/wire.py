@@ -40,9 +40,11 @@ class StorageError(Exception):
         self.status, self.code, self.message, self.error = status, code, message, error or code
         self.http_status = 500 if status == 500 else 400
 
+    def body(self) -> dict:
+        return {"statusCode": str(self.status), "code": self.code, "error": self.error, "message": self.message}
+
     def response(self) -> StorageResponse:
-        body = {"statusCode": str(self.status), "code": self.code, "error": self.error, "message": self.message}
-        return StorageResponse.json(body, self.http_status)
+        return StorageResponse.json(self.body(), self.http_status)
 
 
 def route_not_found(method: str, path: str) -> StorageResponse:
