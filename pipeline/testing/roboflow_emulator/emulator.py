@@ -9,7 +9,8 @@ import threading
 
 from .config import EmulatorConfig, FaultConfig
 from .dataset import Dataset
-from .server import EmulatorState, make_server
+from .server import make_server
+from .state import EmulatorState
 
 
 class RoboflowEmulator:
@@ -38,8 +39,8 @@ class RoboflowEmulator:
             raise
         self._servers = [api_server, cdn_server]
         self._export_dir = tempfile.mkdtemp(prefix="roboflow-emulator-")
-        self._state.api.export_dir = self._export_dir
-        self._state.api.cdn_url = self.cdn_url
+        self._state.api.context.export_dir = self._export_dir
+        self._state.api.context.cdn_url = self.cdn_url
         for server in self._servers:
             thread = threading.Thread(
                 target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"roboflow-emulator-{server.kind}"

@@ -1,4 +1,4 @@
-"""HTTP plumbing: routing, auth, rate limiting, latency and the transport-level faults.
+"""HTTP plumbing: auth, rate limiting, latency and the transport-level faults; the routes are in api/.
 
 Two stdlib ThreadingHTTPServers share one EmulatorState: the API host and a CDN/download host, so
 image URLs and export links point at a different origin than the API, as they do in production.
@@ -7,7 +7,6 @@ image URLs and export links point at a different origin than the API, as they do
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import socket
 import struct
@@ -15,76 +14,28 @@ import sys
 import threading
 import time
 import traceback
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from .api import (
+from .api.routes import match_api_route, match_cdn_route
+from .api.wire import (
     InvalidRequest,
     Response,
-    RoboflowApi,
     account_refusal,
     error_response,
-    express_not_found,
-    gateway_error,
-    json_response,
-    storage_error,
+    internal_error,
+    invalid_parameter,
+    parse_json,
+    rate_limited,
+    server_error,
     unauthorized,
 )
-from .config import API_ROUTES, RETRY_AFTER_SHARES, EmulatorConfig, FaultConfig
-from .dataset import Dataset
-from .faults import FaultState, TokenBuckets
-from .images import ImageFactory
+from .config import API_ROUTES, RETRY_AFTER_SHARES
+from .control import CONTROL_PREFIX, control_route
+from .faults import FaultState
+from .state import EmulatorState
 
-CONTROL_PREFIX = "/__emulator/"
 _CHUNK = 64 * 1024
-
-
-class EmulatorState:
-    """Everything the request handlers of both servers share."""
-
-    def __init__(self, config: EmulatorConfig, dataset: Dataset, faults: FaultConfig):
-        self.config = config
-        self.dataset = dataset
-        self.images = ImageFactory(config.seed)
-        self.api = RoboflowApi(config, dataset, self.images)
-        self._counters: Counter[str] = Counter()
-        self._counter_lock = threading.Lock()
-        self.fault_state = FaultState(faults, dataset, config.seed)
-        self.buckets = self._make_buckets(faults)
-
-    @staticmethod
-    def _make_buckets(faults: FaultConfig) -> TokenBuckets | None:
-        if faults.rate_limit_per_s is None:
-            return None
-        return TokenBuckets(faults.rate_limit_per_s, faults.rate_limit_burst_s, faults.rate_limit_burst,
-                            change_to=faults.rate_limit_change_per_s,
-                            after_calls=faults.rate_limit_change_after_calls,
-                            after_s=faults.rate_limit_change_after_s)
-
-    def set_faults(self, faults: FaultConfig) -> None:
-        self.fault_state = FaultState(faults, self.dataset, self.config.seed)
-        self.buckets = self._make_buckets(faults)
-
-    def count(self, *names: str) -> None:
-        with self._counter_lock:
-            for name in names:
-                self._counters[name] += 1
-
-    def counters(self) -> dict[str, int]:
-        with self._counter_lock:
-            return dict(self._counters)
-
-    def reset_counters(self) -> None:
-        with self._counter_lock:
-            self._counters.clear()
-
-    def fault_targets(self) -> dict[str, list[str]]:
-        targets = {name: [self.dataset.id_of(i) for i in indices] for name, indices in self.fault_state.targets.items()}
-        targets["undefined_url"] = [
-            image_id for image_id in self.dataset.image_ids if self.fault_state.has_undefined_url(image_id)
-        ]
-        return targets
 
 
 class _ConnectionAborted(Exception):
@@ -198,11 +149,12 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.fires("server_error", route):
             status = faults.choice(faults.config.server_error_statuses)
             state.count("fault:server_error")
-            self._send(self._server_error(status, route, faults), method, route, faults)
+            api_style = faults.error_style(route, "object") if route in API_ROUTES else None
+            self._send(server_error(status, api_style), method, route, faults)
             return
         body: object = None
         if route in API_ROUTES and route not in ("unknown_route",):
-            body, body_error = _parse_json(raw_body)
+            body, body_error = parse_json(raw_body)
             key = _submitted_key(query, self.headers.get("Authorization"), body)
             if key is None or not any(hmac.compare_digest(key, valid) for valid in state.config.valid_keys):
                 self._send(unauthorized(key), method, route, faults)
@@ -226,13 +178,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(self._too_many(route, faults, faults.config.retry_after_seconds), method, route, faults)
             return
         try:
-            response = answer(state, route, params, query, body, method, url.path, faults)
+            response = state.api.answer(route, params, query, body, method, url.path, faults)
         except InvalidRequest as error:
-            response = error_response(400, str(error), "InvalidParameterException", "object")
+            response = invalid_parameter(str(error), "object")
         except Exception:
             state.count("emulator_error")
             traceback.print_exc(file=sys.stderr)
-            response = error_response(500, "Internal Server Error", "InternalServerError", "object")
+            response = internal_error("object")
         self._send(response, method, route, faults)
 
     def _too_many(self, route: str, faults: FaultState, retry_after: int, share: float | None = None) -> Response:
@@ -240,16 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {}
         if faults.chance(faults.config.retry_after_fraction if share is None else share):
             headers["Retry-After"] = str(max(1, retry_after))
-        style = faults.error_style(route, "object")
-        return error_response(429, "Rate limit exceeded", "RateLimitException", style, headers=headers)
-
-    def _server_error(self, status: int, route: str, faults: FaultState) -> Response:
-        if status == 500 and route in API_ROUTES:
-            style = faults.error_style(route, "object")
-            return error_response(500, "Internal Server Error", "InternalServerError", style)
-        if status == 500:
-            return storage_error(500, "InternalError", "We encountered an internal error. Please try again.")
-        return gateway_error(status)
+        return rate_limited(faults.error_style(route, "object"), headers)
 
     def _reset_connection(self) -> None:
         """Abort with RST (SO_LINGER 0) and no response, like a dropped upstream connection."""
@@ -308,15 +251,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body[:limit])
 
 
-def _parse_json(raw: bytes) -> tuple[object, str | None]:
-    if not raw.strip():
-        return None, None
-    try:
-        return json.loads(raw), None
-    except (ValueError, UnicodeDecodeError) as error:
-        return None, f"Unexpected token in JSON: {error}"
-
-
 def _submitted_key(query: dict[str, list[str]], authorization: str | None, body: object) -> str | None:
     """Query ``api_key`` first (what the SDK sends), then a Bearer header, then ``api_key`` in the JSON body."""
     if query.get("api_key"):
@@ -328,141 +262,6 @@ def _submitted_key(query: dict[str, list[str]], authorization: str | None, body:
     if isinstance(body, dict) and isinstance(body.get("api_key"), str):
         return body["api_key"]
     return None
-
-
-def match_api_route(method: str, path: str) -> tuple[str, dict[str, str]]:
-    parts = [unquote(part) for part in path.strip("/").split("/")] if path.strip("/") else []
-    count = len(parts)
-    if count == 0 and method in ("GET", "POST", "HEAD"):
-        return "root", {}
-    if count == 1 and method in ("GET", "HEAD"):
-        return "workspace", {"workspace": parts[0]}
-    if count == 2 and method in ("GET", "HEAD"):
-        return "project", {"workspace": parts[0], "project": parts[1]}
-    if count == 3 and method == "POST" and parts[1:] == ["search", "v1"]:
-        return "search_v1", {"workspace": parts[0]}
-    if count == 3 and method == "POST" and parts[2] == "search":
-        return "search", {"workspace": parts[0], "project": parts[1]}
-    if count == 3 and method in ("GET", "HEAD"):
-        return "version", {"workspace": parts[0], "project": parts[1], "version": parts[2]}
-    if count == 4 and method in ("GET", "HEAD") and parts[2] == "images":
-        return "image_details", {"workspace": parts[0], "project": parts[1], "image_id": parts[3]}
-    if count == 4 and method in ("GET", "HEAD"):
-        return "export", {"workspace": parts[0], "project": parts[1], "version": parts[2], "format": parts[3]}
-    return "unknown_route", {}
-
-
-def match_cdn_route(method: str, path: str) -> tuple[str, dict[str, str]]:
-    parts = [unquote(part) for part in path.strip("/").split("/")]
-    if method not in ("GET", "HEAD"):
-        return "cdn_unknown", {}
-    if len(parts) == 2 and parts[0] == "ds":
-        return "zip_link", {"export_id": parts[1]}
-    if len(parts) == 3 and parts[0] == "exports" and parts[2] == "roboflow.zip":
-        return "zip", {"export_id": parts[1]}
-    if len(parts) == 3 and parts[2] == "original.jpg":
-        return "cdn_original", {"owner": parts[0], "image_id": parts[1]}
-    if len(parts) == 3 and parts[2] == "thumb.jpg":
-        return "cdn_thumb", {"owner": parts[0], "image_id": parts[1]}
-    if len(parts) == 3 and parts[2].startswith("annotation-") and parts[2].endswith(".json"):
-        return "cdn_annotation", {"owner": parts[0], "image_id": parts[1]}
-    return "cdn_unknown", {}
-
-
-def answer(state, route, params, query, body, method, path, faults: FaultState) -> Response:
-    """Route a matched, authorised request to the API object."""
-    api: RoboflowApi = state.api
-    config = state.config
-    if route == "unknown_route":
-        return express_not_found(method, path)
-    if route == "cdn_unknown":
-        return storage_error(404, "NoSuchKey", "The specified key does not exist.")
-    if route == "cdn_original":
-        return api.cdn_original(params["owner"], params["image_id"], faults)
-    if route == "cdn_thumb":
-        return api.cdn_thumb(params["owner"], params["image_id"], faults)
-    if route == "cdn_annotation":
-        return api.cdn_annotation(params["owner"], params["image_id"], faults)
-    if route == "zip_link":
-        return api.zip_link(params["export_id"], (query.get("key") or [None])[0])
-    if route == "zip":
-        return api.zip_file(params["export_id"], (query.get("X-Signature") or [None])[0])
-    if route == "root":
-        return api.root()
-    if params.get("workspace") != config.workspace:
-        return api.unknown_workspace(route, faults)
-    if route == "workspace":
-        return api.workspace()
-    if route == "search_v1":
-        return api.search_v1(body, route, faults)
-    if params.get("project") != config.project:
-        return api.unknown_project(route, faults)
-    if route == "project":
-        return api.project()
-    if route == "search":
-        return api.search(body, route, faults)
-    if route == "image_details":
-        return api.image_details(params["image_id"], route, faults)
-    version = params["version"]
-    number = int(version) if version.isdigit() else 0
-    if route == "version":
-        return api.version(number, route, faults)
-    return api.export(number, params["format"], route, faults)
-
-
-def control_route(state: EmulatorState, method: str, path: str, raw_body: bytes) -> Response:
-    """Test-only routes so another process can read counters, switch faults and mutate the dataset."""
-    name = path[len(CONTROL_PREFIX) :].strip("/")
-    body, body_error = _parse_json(raw_body)
-    if body_error:
-        return json_response(400, {"error": body_error})
-    try:
-        if name == "health":
-            return json_response(200, {"ok": True})
-        if name == "counters" and method == "GET":
-            return json_response(200, state.counters())
-        if name == "timeline" and method == "GET":
-            return json_response(200, state.buckets.timeline() if state.buckets is not None else [])
-        if name == "counters" and method in ("POST", "DELETE"):
-            state.reset_counters()
-            return json_response(200, {})
-        if name == "faults" and method == "GET":
-            return json_response(200, state.fault_state.config.to_dict())
-        if name == "faults" and method in ("POST", "PUT", "PATCH"):
-            changes = body or {}
-            if method == "PATCH":
-                changes = {**state.fault_state.config.to_dict(), **changes}
-            state.set_faults(FaultConfig.from_dict(changes))
-            return json_response(200, state.fault_state.config.to_dict())
-        if name == "targets" and method == "GET":
-            return json_response(200, state.fault_targets())
-        if name == "dataset" and method == "GET":
-            dataset = state.dataset
-            return json_response(
-                200,
-                {
-                    "image_ids": dataset.image_ids,
-                    "owner": dataset.owner,
-                    "classes": dataset.classes,
-                    "annotation_group": dataset.annotation_group,
-                },
-            )
-        if name.startswith("images/"):
-            _, image_id, action = (name.split("/") + ["", ""])[:3]
-            if action == "delete" and method in ("POST", "DELETE"):
-                state.dataset.delete_image(image_id)
-                return json_response(200, {"deleted": image_id})
-            if action == "boxes" and method in ("PUT", "POST"):
-                state.dataset.set_boxes(image_id, body if isinstance(body, list) else [])
-                return json_response(200, {"updated": image_id})
-            if action == "labels" and method in ("PUT", "POST"):
-                state.dataset.set_labels(image_id, body if isinstance(body, list) else [])
-                return json_response(200, {"updated": image_id})
-    except KeyError as error:
-        return json_response(404, {"error": f"unknown image {error}"})
-    except (TypeError, ValueError) as error:
-        return json_response(400, {"error": str(error)})
-    return json_response(404, {"error": f"no control route {method} {path}"})
 
 
 def make_server(host: str, port: int, state: EmulatorState, kind: str) -> _EmulatorServer:

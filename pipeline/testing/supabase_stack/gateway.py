@@ -26,7 +26,8 @@ from .faults import (
     proxy_413_page,
     uri_too_long_page,
 )
-from .storage import StorageDouble, StorageResponse, coded_error, entity_too_large, no_such_key
+from .storage.routes import StorageDouble
+from .storage.wire import StorageResponse, coded_error, entity_too_large, no_such_key
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ class Gateway:
             return
         fault_config = self.faults.faults
         proxy_limit = fault_config.proxy_max_body_bytes
-        storage_limit = self.storage.global_file_size_limit + MULTIPART_OVERHEAD
+        storage_limit = self.storage.store.global_file_size_limit + MULTIPART_OVERHEAD
         limit = proxy_limit
         if service == "storage":
             limit = storage_limit if proxy_limit is None else min(proxy_limit, storage_limit)
@@ -426,17 +427,7 @@ class Gateway:
         if decision.kind in ("storage_5xx", "storage_429", "storage_413"):
             self.counters.fault(decision.kind)
             if decision.status == 429:
-                self._reply(
-                    handler,
-                    label,
-                    429,
-                    {
-                        "statusCode": "429",
-                        "code": "SlowDown",
-                        "error": "too_many_connections",
-                        "message": "Too many connections issued to the database",
-                    },
-                )
+                self._reply(handler, label, 429, coded_error(429).body())
             elif decision.status == 413:
                 self._reply_raw(handler, label, 413, proxy_413_page(), "text/html")
             elif decision.status == 503:

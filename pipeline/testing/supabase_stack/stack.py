@@ -25,7 +25,8 @@ from .keys import mint_key, new_jwt_secret
 from .postgres import PostgresCluster
 from .postgrest import PostgrestServer
 from .processes import ChildSpawner, StackRegistry, sweep_orphans
-from .storage import DEFAULT_FILE_SIZE_LIMIT, StorageDouble
+from .storage.routes import StorageDouble
+from .storage.store import DEFAULT_FILE_SIZE_LIMIT, StorageStore
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class LocalSupabase:
         self._postgres: PostgresCluster | None = None
         self._postgrest: PostgrestServer | None = None
         self._gateway: Gateway | None = None
-        self.storage: StorageDouble | None = None
+        self.storage: StorageStore | None = None
         self._secrets: dict[str, str] = {}
         self.service_role_key = ""
         self.anon_key = ""
@@ -141,14 +142,12 @@ class LocalSupabase:
             self._write_registry()
             if self.migrate:
                 self._wait_tables_visible()
-            self.storage = StorageDouble(
-                self.workdir / "storage", self._secrets["jwt_secret"], self.global_file_size_limit
-            )
+            self.storage = StorageStore(self.workdir / "storage", self.global_file_size_limit)
             self._ensure_buckets()
             self._gateway = Gateway(
                 host="127.0.0.1",
                 port=self._requested_port,
-                storage=self.storage,
+                storage=StorageDouble(self.storage, self._secrets["jwt_secret"]),
                 faults=self._fault_injector,
                 counters=self._counters,
                 api_keys={self.service_role_key, self.anon_key},
