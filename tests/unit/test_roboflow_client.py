@@ -92,11 +92,13 @@ def test_more_429s_than_the_attempt_budget_are_waited_out(serve):
 
 def test_a_run_with_nothing_but_429s_stops_once_stalled_and_sends_nothing_more(serve, caplog):
     server = serve(TOO_MANY)
-    client = client_for(server, stall_timeout=0.3)
+    # Longer than a "Retry-After: 0" wait (up to 0.5 s of jitter): a gap between calls longer than the
+    # stall timeout counts as idleness (between two imports), so 0.3 s made this test wait at random.
+    client = client_for(server, stall_timeout=1.0)
     start = time.monotonic()
     with pytest.raises(RoboflowError) as info:
         client.image_details("ws", "proj", "a")
-    assert 0.3 <= time.monotonic() - start < 5.0
+    assert 1.0 <= time.monotonic() - start < 5.0
     assert info.value.kind == "rate_limited"
     assert "--roboflow_stall_timeout" in str(info.value) and "--retry_dead_letters" in str(info.value)
     assert len(server.requests) >= 2 and info.value.attempts >= len(server.requests)
