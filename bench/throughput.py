@@ -5,6 +5,7 @@
     .venv/bin/python bench/throughput.py --images 5000 --adaptive    # the limit is not given to the importer
     .venv/bin/python bench/throughput.py --images 5000 --unthrottled --profile
     .venv/bin/python bench/throughput.py --matrix --images 2000  # limit shapes, limit not given (issue 12)
+    .venv/bin/python bench/throughput.py --matrix --images 2000 --cases "imports at once"  # N importers, one key
 
 Starts the Roboflow emulator (rate limit, latencies and image sizes from the flags) and the local Supabase
 stack as their own processes, runs ``python -m pipeline.main`` against them as a third process, and
@@ -22,6 +23,7 @@ non-zero only when something could not run (a stand-in did not start, the import
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -246,46 +248,60 @@ class Bench:
     def stand_in_cpu(self) -> float:
         return self.emulator.cpu_seconds() + self.stack.cpu_seconds()
 
-    def run_pipeline(self, extra: list[str], profile: Path | None) -> dict[str, Any]:
+    def run_pipeline(self, extra: list[str], profile: Path | None, imports: int = 1) -> dict[str, Any]:
+        """``imports`` importer processes at once on the one key, each importing the project into its own
+        dataset: independent processes with full demand, as Dataflow's workers or the platform's concurrent
+        imports are. Rows, calls and dead letters are their totals; the wall time is the last one's."""
         w = self.workload
-        dataset_id = self.new_dataset("bench pipeline")
-        out = self.workdir / "pipeline"
-        argv = ["-m", "pipeline.main", "--roboflow_workspace", "demo-ws", "--roboflow_project", "demo-project",
-                "--roboflow_api_url", self.api_url, "--supabase_url", self.stack.info["url"],
-                "--dataset_id", dataset_id, "--class_mapping", "auto", "--dead_letter_path", str(out / "dead"),
-                "--summary_path", str(out / "summary.json"), *extra]
-        if w.rate_limit and not w.adaptive:
-            argv += ["--roboflow_rate_limit", str(w.rate_limit)]
-        command = [PYTHON, *argv]
+        datasets = [self.new_dataset(f"bench pipeline {i}") for i in range(imports)]
+        outs = [self.workdir / ("pipeline" if i == 0 else f"pipeline-{i}") for i in range(imports)]
+        logs = [self.workdir / ("pipeline.log" if i == 0 else f"pipeline-{i}.log") for i in range(imports)]
+        commands = []
+        for dataset_id, out in zip(datasets, outs, strict=True):
+            argv = ["-m", "pipeline.main", "--roboflow_workspace", "demo-ws", "--roboflow_project", "demo-project",
+                    "--roboflow_api_url", self.api_url, "--supabase_url", self.stack.info["url"],
+                    "--dataset_id", dataset_id, "--class_mapping", "auto", "--dead_letter_path", str(out / "dead"),
+                    "--summary_path", str(out / "summary.json"), *extra]
+            if w.rate_limit and not w.adaptive:
+                argv += ["--roboflow_rate_limit", str(w.rate_limit)]
+            commands.append([PYTHON, *argv])
         if profile is not None:
-            command = [str(Path(PYTHON).parent / "py-spy"), "record", "--gil", "--format", "raw", "--rate", "50",
-                       "--output", str(profile), "--nonblocking", "--", *command]
+            commands[0] = [str(Path(PYTHON).parent / "py-spy"), "record", "--gil", "--format", "raw", "--rate", "50",
+                           "--output", str(profile), "--nonblocking", "--", *commands[0]]
         env = {**os.environ, "ROBOFLOW_API_KEY": self.keys["pipeline"],
                "SUPABASE_SERVICE_ROLE_KEY": self.stack.info["service_role_key"]}
+
+        def count_rows() -> int:
+            return sum(self.count_rows(dataset_id) for dataset_id in datasets)
+
         self.reset_emulator_counters()
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         stand_in_cpu_before = self.stand_in_cpu()
         started = time.monotonic()
-        with open(self.workdir / "pipeline.log", "w") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            watcher = Watcher(process.pid, lambda: self.count_rows(dataset_id))
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(open(log, "w")) for log in logs]
+            processes = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=file, stderr=subprocess.STDOUT)
+                         for command, file in zip(commands, files, strict=True)]
+            watcher = Watcher(processes[0].pid, count_rows)  # RSS: the first importer's tree
             watcher.started = started
             watcher.start()
             try:
-                code = process.wait()
-            finally:  # interrupted: the importer must not outlive the benchmark
-                if process.poll() is None:
-                    process.terminate()
-                    process.wait()
+                codes = [process.wait() for process in processes]
+            finally:  # interrupted: the importers must not outlive the benchmark
+                for process in processes:
+                    if process.poll() is None:
+                        process.terminate()
+                        process.wait()
             wall = time.monotonic() - started
             watcher.stop()
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         counters = self.emulator_counters()
-        rows = self.count_rows(dataset_id)
-        summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        rows = count_rows()
+        summaries = [json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+                     for out in outs]
         api_calls = sum(counters.get(route, 0) for route in API_ROUTES)
         return {
-            "exit_code": code,
+            "exit_code": max(codes, key=lambda code: (code != 0, code)),
             "wall_seconds": wall,
             "rows": rows,
             "steady_images_per_s": steady_rate(watcher.samples, rows),
@@ -297,12 +313,12 @@ class Bench:
             "details_calls": counters.get("image_details", 0),
             "listing_calls": counters.get("search", 0) + counters.get("search_v1", 0),
             "cdn_downloads": counters.get("cdn_original", 0),
-            "importer_retries": summary.get("retries", {}),
-            "dead_letters": summary.get("failed"),
+            "importer_retries": summaries[0].get("retries", {}),
+            "dead_letters": None if any(not s for s in summaries) else sum(s.get("failed") or 0 for s in summaries),
             "peak_rss_mb": watcher.peak_rss / 2**20,
             "cpu_seconds": (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime),
             "stand_in_cpu_seconds": self.stand_in_cpu() - stand_in_cpu_before,
-            "log": str(self.workdir / "pipeline.log"),
+            "log": str(logs[0]),
             "row_samples": [(round(t, 2), n) for t, n in watcher.samples],
             "rss_mb_samples": [(round(t, 2), round(b / 2**20, 1)) for t, b in watcher.rss_samples],
         }
@@ -430,6 +446,7 @@ class LimitCase:
     importer: tuple[str, ...] = ()
     noise: float = 0.0  # random 429s on top of the limit
     hard: bool = False  # pictured in the README
+    imports: int = 1  # importer processes at once on the key, each importing the whole project
 
 
 MATRIX = (
@@ -447,6 +464,8 @@ MATRIX = (
               ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
     LimitCase("50/s, 4 processes on one key", 50, (), 50.0,
               ("--direct_running_mode=multi_processing", "--direct_num_workers=4"), hard=True),
+    LimitCase("50/s, 2 imports at once on one key", 50, (), 50.0, imports=2),
+    LimitCase("100/s, 4 imports at once on one key", 100, (), 100.0, imports=4),
 )
 
 
@@ -522,7 +541,7 @@ def run_matrix(args, importer_args: list[str]) -> int:
         load = os.getloadavg()[0]
         try:
             with Bench(workload, workdir) as bench:
-                pipeline = bench.run_pipeline([*case.importer, *importer_args], None)
+                pipeline = bench.run_pipeline([*case.importer, *importer_args], None, case.imports)
                 timeline = bench.emulator_timeline()
         except (RuntimeError, OSError, requests.RequestException) as exc:
             print(f"{case.name}: could not run: {exc}", file=sys.stderr)

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipeline.testing.roboflow_emulator import FaultConfig
-from tests.importer import run_import
+from tests.importer import run_import, start_import
 
 DATASET = "00000000-0000-4000-8000-0000000012aa"
+OTHER_DATASET = "00000000-0000-4000-8000-0000000012ab"
 IMAGES = 160
 
 
@@ -68,3 +71,20 @@ def test_a_key_that_only_answers_429_stops_the_run_with_every_image_dead_lettere
     assert emu.counters().get("image_details", 0) < 30 * 8  # the rest failed at once, not after a wait each
     stall_lines = [r for r in caplog.records if r.levelname == "ERROR" and "--roboflow_stall_timeout" in r.getMessage()]
     assert len(stall_lines) == 1  # one line says the run stops; the letters are warnings, one per image
+
+
+def test_two_imports_at_once_on_one_key_share_its_limit_without_losing_an_image(roboflow_emulator, target,
+                                                                                 tmp_path):
+    """Independent processes with full demand, as Dataflow workers or the platform's concurrent imports:
+    neither knows of the other, and only the gateway's 429s tell them the key's limit is shared."""
+    target.execute_sql(f"insert into od_datasets (id, name) values ('{OTHER_DATASET}', 'rate limit shapes 2')")
+    emu = roboflow_emulator(image_count=IMAGES, seed=12, faults=FaultConfig(rate_limit_per_s=40))
+    children = [start_import(emu, target, tmp_path / name, dataset) for name, dataset in
+                (("first", DATASET), ("second", OTHER_DATASET))]
+    codes = [child.wait(timeout=300) for child in children]
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("first", "second")]
+    assert codes == [0, 0], [(tmp_path / name / "stderr.txt").read_text()[-2000:] for name in ("first", "second")]
+    assert [(s["imported"], s["failed"]) for s in summaries] == [(IMAGES, 0), (IMAGES, 0)]
+    assert emu.counters().get("image_details", 0) >= 2 * IMAGES
+    print(f"two imports: {share_429(emu):.1%} of API calls answered 429 by the limit")
+    assert share_429(emu) <= 0.12, emu.counters()
