@@ -372,6 +372,34 @@ def test_idle_time_between_imports_is_not_a_stall():
     assert not watch.stalled()
 
 
+def test_a_wait_after_a_429_longer_than_the_timeout_is_not_idleness():
+    """A Retry-After longer than a short --roboflow_stall_timeout: every call after it is 429 again."""
+    t = FakeTime()
+    watch = StallWatch(30.0, clock=t.clock)
+    watch.attempt()
+    watch.success()
+    for _ in range(3):
+        watch.attempt()
+        watch.throttled()
+        t.now += 45.0  # waiting out "Retry-After: 45"
+    watch.attempt()
+    assert watch.stalled()
+
+
+def test_a_new_run_forgets_an_earlier_stall():
+    t = FakeTime()
+    watch = StallWatch(30.0, clock=t.clock)
+    watch.attempt()
+    watch.throttled()
+    t.now += 31.0
+    watch.attempt()
+    assert watch.stalled() and watch.first_report()
+    watch.forget()
+    t.now += 3600.0
+    watch.attempt()
+    assert not watch.stalled() and watch.first_report()
+
+
 def test_the_stall_is_reported_once():
     watch = StallWatch(1.0)
     assert [watch.first_report() for _ in range(3)] == [True, False, False]

@@ -81,9 +81,11 @@ _clients: weakref.WeakSet = weakref.WeakSet()
 
 
 def clear_account_stops() -> None:
-    """Forget earlier runs' account refusals: the user may have added credits or resumed usage since."""
+    """Forget earlier runs' account refusals and stalls: the user may have added credits, resumed usage
+    or waited out the limit since."""
     for client in list(_clients):
         client.stopped = None
+        client.stall.forget()
 
 
 def stall_error(route: str, timeout: float, attempts: int = 1) -> RoboflowError:
@@ -229,6 +231,7 @@ class RoboflowClient:
             if resp.status_code == 429:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 self.limiter.on_throttled(retry_after)
+                self.stall.throttled()
                 raise RateLimited(f"{route}: 429 {_error_text(resp.text)}", retry_after=retry_after)
             if resp.status_code not in RETRYABLE_STATUS:
                 self.stall.success()  # Roboflow answered: whatever it said, it is not holding us off

@@ -71,7 +71,8 @@ class StallWatch:
     none succeeded. One per client (so per process), shared by its threads: a 429 is waited out for
     as long as *some* call gets through, and once none has for ``timeout`` every waiting call gives
     up together instead of each spending its own budget. A gap with no calls at all (between two
-    imports of one process) is idleness, not a stall."""
+    imports of one process) is idleness, not a stall; a gap after a 429 is its wait (a Retry-After
+    can be longer than the timeout the user set), not idleness."""
 
     def __init__(self, timeout: float = DEFAULT_STALL_TIMEOUT, clock: Callable[[], float] = time.monotonic):
         self.timeout = timeout
@@ -79,18 +80,32 @@ class StallWatch:
         self._lock = threading.Lock()
         self._last_success: float | None = None
         self._last_attempt: float | None = None
+        self._waiting_out = False  # the last answer was a 429
         self._announced = False
 
     def attempt(self) -> None:
         now = self._clock()
         with self._lock:
-            if self._last_attempt is None or now - self._last_attempt > self.timeout:
+            idle = self._last_attempt is not None and now - self._last_attempt > self.timeout \
+                and not self._waiting_out
+            if self._last_attempt is None or idle:
                 self._last_success = now
             self._last_attempt = now
 
     def success(self) -> None:
         with self._lock:
             self._last_success = self._clock()
+            self._waiting_out = False
+
+    def throttled(self) -> None:
+        with self._lock:
+            self._waiting_out = True
+
+    def forget(self) -> None:
+        """A new run: an earlier run's stall says nothing about it."""
+        with self._lock:
+            self._last_success = self._last_attempt = None
+            self._waiting_out = self._announced = False
 
     def stalled(self) -> bool:
         with self._lock:
