@@ -44,15 +44,20 @@ SHAPES = {
 def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator, target, tmp_path, monkeypatch,
                                                                shape):
     faults, extra = SHAPES[shape]
-    emu = roboflow_emulator(image_count=IMAGES, seed=12, faults=faults)
+    # After the drop, enough calls to judge a share: with 160 images about 70 came after the settling
+    # time, and one 429 more or less decided the test (it failed once in a full suite, 7 of 73).
+    images = 2 * IMAGES if shape == "drop_after_n_calls" else IMAGES
+    emu = roboflow_emulator(image_count=images, seed=12, faults=faults)
     code, summary, letters = run_import(emu, target, tmp_path, DATASET, *extra, monkeypatch=monkeypatch)
     assert (code, summary["failed"], letters) == (0, 0, [])
-    assert summary["imported"] == IMAGES
+    assert summary["imported"] == images
     print(f"{shape}: {share_429(emu):.1%} of API calls answered 429 by the limit")
     if shape == "drop_after_n_calls":  # one round of 429s tells the limit dropped; 3 s later they are rare
         timeline = emu.timeline()
         change = next(s["t"] for s in timeline if s["limit"] == 20)
         after = [s for s in timeline if s["t"] >= change + 3]
+        print(f"from 3 s after the drop: {sum(s['limited'] for s in after)} of "
+              f"{sum(s['passed'] + s['limited'] for s in after)} calls answered 429")
         assert sum(s["limited"] for s in after) <= 0.1 * sum(s["passed"] + s["limited"] for s in after), timeline
         assert share_429(emu) <= 0.3
     else:
