@@ -83,13 +83,14 @@ def test_two_imports_at_once_on_one_key_share_its_limit_without_losing_an_image(
     """Independent processes with full demand, as Dataflow workers or the platform's concurrent imports:
     neither knows of the other, and only the gateway's 429s tell them the key's limit is shared."""
     target.execute_sql(f"insert into od_datasets (id, name) values ('{OTHER_DATASET}', 'rate limit shapes 2')")
-    emu = roboflow_emulator(image_count=IMAGES, seed=12, faults=FaultConfig(rate_limit_per_s=40))
+    images = 2 * IMAGES  # two slow starts overshoot together: a longer run judges the share on the rest
+    emu = roboflow_emulator(image_count=images, seed=12, faults=FaultConfig(rate_limit_per_s=40))
     children = [start_import(emu, target, tmp_path / name, dataset) for name, dataset in
                 (("first", DATASET), ("second", OTHER_DATASET))]
     codes = [child.wait(timeout=300) for child in children]
     summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("first", "second")]
     assert codes == [0, 0], [(tmp_path / name / "stderr.txt").read_text()[-2000:] for name in ("first", "second")]
-    assert [(s["imported"], s["failed"]) for s in summaries] == [(IMAGES, 0), (IMAGES, 0)]
-    assert emu.counters().get("image_details", 0) >= 2 * IMAGES
+    assert [(s["imported"], s["failed"]) for s in summaries] == [(images, 0), (images, 0)]
+    assert emu.counters().get("image_details", 0) >= 2 * images
     print(f"two imports: {share_429(emu):.1%} of API calls answered 429 by the limit")
     assert share_429(emu) <= 0.12, emu.counters()
