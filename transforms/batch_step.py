@@ -12,8 +12,8 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.components.adaptive_throttler import ThrottlingSignaler
@@ -123,6 +123,14 @@ def counted(throttling: ThrottlingReport | None = None) -> Iterator[None]:
             fold_tally(tally, throttling)
 
 
+class Started(Generic[T, R]):
+    """A batch's tasks, submitted to the step's pool and not yet collected."""
+
+    def __init__(self, items: list[T], futures: list[Future]):
+        self.items = items
+        self.futures = futures
+
+
 class BatchStepFn(LeasingDoFn):
     """Base for the fetch, upload and write steps."""
 
@@ -140,8 +148,8 @@ class BatchStepFn(LeasingDoFn):
         with counted(self._throttling):
             return fn(*args)
 
-    def run_each(self, items: Iterable[T], task: Callable[[T], R]) -> list[tuple[T, R | None, Exception | None]]:
-        """Run ``task`` on every item concurrently; return (item, result, error) in input order."""
+    def start_each(self, items: Iterable[T], task: Callable[[T], R]) -> Started[T, R]:
+        """Start ``task`` on every item concurrently; :meth:`results` waits for them."""
 
         def wrapped(item: T) -> tuple[R | None, Exception | None, Tally]:
             with collecting() as tally:
@@ -153,12 +161,20 @@ class BatchStepFn(LeasingDoFn):
         items = list(items)
         with _submit_lock:  # one batch's tasks queue together, so batches finish one after another
             futures = [self._pool.submit(wrapped, item) for item in items]
+        return Started(items, futures)
+
+    def results(self, started: Started[T, R]) -> list[tuple[T, R | None, Exception | None]]:
+        """(item, result, error) of started tasks in input order, once all are done."""
         out = []
-        for item, future in zip(items, futures, strict=True):
+        for item, future in zip(started.items, started.futures, strict=True):
             result, error, tally = future.result()
             fold_tally(tally, self._throttling)
             out.append((item, result, error))
         return out
+
+    def run_each(self, items: Iterable[T], task: Callable[[T], R]) -> list[tuple[T, R | None, Exception | None]]:
+        """Run ``task`` on every item concurrently; return (item, result, error) in input order."""
+        return self.results(self.start_each(items, task))
 
     def dead_letter(self, image_id: str, error: Exception | str) -> beam.pvalue.TaggedOutput:
         letter = DeadLetter.of(image_id, self.step, error)
@@ -181,10 +197,13 @@ def crash_letters(failed: tuple[Any, tuple], step: str) -> list[DeadLetter]:
     """A batch whose ``process()`` raised (a bug, not an image's fault): one letter per image."""
     batch, (exc_type, exc_repr, _traceback) = failed
     items = batch if isinstance(batch, list) else [batch]
-    name = getattr(exc_type, "__name__", str(exc_type))
+    return letters_for_crash(items, step, f"{getattr(exc_type, '__name__', str(exc_type))}: {exc_repr}")
+
+
+def letters_for_crash(items: list[Any], step: str, reason: str) -> list[DeadLetter]:
     count(f"dead_letter.{step}.crash", len(items))
     count("images_failed", len(items))
-    return [DeadLetter.of(image_id_of(item), step, f"{name}: {exc_repr}") for item in items]
+    return [DeadLetter.of(image_id_of(item), step, reason) for item in items]
 
 
 def run_batch_step(batches, fn: BatchStepFn):

@@ -16,12 +16,16 @@ only costs the details calls it would have saved.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.batch_step import BatchStepFn, run_batch_step
+from transforms.batch_step import DEAD_LETTER, BatchStepFn, Started, letters_for_crash, run_batch_step
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig, roboflow_client, supabase_client
 from transforms.core.convert import check_classes, image_uuid, parse_details, source_ref
 from transforms.core.records import FetchedImage, ImportContext, ListedImage
@@ -29,6 +33,11 @@ from transforms.core.tally import count
 
 log = logging.getLogger(__name__)
 RESUMED, UNCHANGED_SUMMARY = "resumed", "unchanged_summary"
+# Batches whose details calls are under way while the previous batch is uploaded and written. One
+# worker thread runs its bundle's steps one batch after another, so without it a process sends no
+# details call while it uploads: a local multi_processing worker (one bundle per process) and, we
+# infer, a Dataflow SDK process sent in bursts and held 0.6-0.8 of a shared limit (bench matrix).
+LOOK_AHEAD = 1
 
 
 def skip_reason(item: ListedImage, link: dict[str, Any] | None, ctx: ImportContext) -> str | None:
@@ -77,6 +86,9 @@ class FetchDetailsFn(BatchStepFn):
             return {}
         return {uuids[uuid]: link for uuid, link in found.items() if uuid in uuids}
 
+    def start_bundle(self) -> None:
+        self._ahead: collections.deque[Started[ListedImage, FetchedImage]] = collections.deque()
+
     def process(self, batch: list[ListedImage | str]):
         items = [item if isinstance(item, ListedImage) else ListedImage(item) for item in batch]
         links = self.links(items)
@@ -91,15 +103,37 @@ class FetchDetailsFn(BatchStepFn):
             count(f"details_skipped.{reason}")
             count("images_unchanged")
             count(f"split.{item.split or 'none'}")
-        fetched = []
-        for item, result, error in self.run_each(to_fetch, self.fetch):
-            if error is not None:
-                yield self.dead_letter(item.image_id, error)
-            else:
-                fetched.append(result)
+        self._ahead.append(self.start_each(to_fetch, self.fetch))
+        while len(self._ahead) > LOOK_AHEAD:
+            yield from self.outputs(self._ahead.popleft())
+
+    def finish_bundle(self):
+        while self._ahead:
+            for output in self.outputs(self._ahead.popleft()):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, in_global_window(output.value))
+                else:
+                    yield in_global_window(output)
+
+    def outputs(self, started: Started[ListedImage, FetchedImage]) -> list[Any]:
+        """A started batch's details (one element) and dead letters, once all its calls are done."""
+        try:
+            fetched, letters = [], []
+            for item, result, error in self.results(started):
+                if error is not None:
+                    letters.append(self.dead_letter(item.image_id, error))
+                else:
+                    fetched.append(result)
+        except Exception as exc:  # a bug, not an image's fault: its batch still ends in the dead letters
+            return [beam.pvalue.TaggedOutput(DEAD_LETTER, letter) for letter in
+                    letters_for_crash(started.items, self.step, f"{type(exc).__name__}: {exc!r}")]
         count("details_fetched", len(fetched))
-        if fetched:
-            yield fetched
+        return [*letters, fetched] if fetched else letters
+
+
+def in_global_window(value: Any) -> WindowedValue:
+    """An output of ``finish_bundle``, which Beam wants windowed: the import runs in the global window."""
+    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
 class FetchDetails(beam.PTransform):

@@ -38,9 +38,11 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   growth of ``first_step`` that doubles each clean round (up to ``max_step``) and resets at the first
   429s, so a risen limit is found in a few rounds; within 10 % of the limit the last cut measured it
   only creeps by ``first_step`` (as TCP CUBIC flattens near its last loss), since a gateway's bucket
-  can hide a leap over it for seconds and then answer a burst of 429s. Growth
-  needs callers to have been held back: a process that the number of requests in flight limits
-  learns nothing by raising a rate it does not use.
+  can hide a leap over it for seconds and then answer a burst of 429s. After ``creep_rounds`` clean
+  rounds there the limit has moved (processes sharing the key finished: creeping at 2 % a round, the
+  last process of four held 0.3 of the freed key for 15 s), and probing speeds up again, as CUBIC's
+  does past its plateau. Growth needs callers to have been held back: a process that the number of
+  requests in flight limits learns nothing by raising a rate it does not use.
 
 ``Retry-After`` is honoured by the retry of the request that got it, with jitter (``retry.py``);
 the bucket then paces the returning requests, so no herd returns at once and nobody freezes the
@@ -195,6 +197,7 @@ class AdaptiveRateLimiter:
         max_cut: float = 0.5,
         first_step: float = 0.02,
         max_step: float = 0.5,
+        creep_rounds: int = 4,
         floor_memory: int = 2000,
         burst_seconds: float = 0.1,
         reserve_ahead: float = 0.25,
@@ -213,6 +216,7 @@ class AdaptiveRateLimiter:
         self.max_cut = max_cut
         self.first_step = first_step
         self.max_step = max_step
+        self.creep_rounds = creep_rounds
         self.floor_memory = floor_memory
         self.burst_seconds = burst_seconds
         self.reserve_ahead = reserve_ahead
@@ -228,6 +232,7 @@ class AdaptiveRateLimiter:
         self._over = self._probed = False  # last round: just over the limit; last change: a probe up
         self._lowered = False  # last change: a cut or trim
         self._known_limit: float | None = None  # the limit the last cut measured
+        self._creeping = 0  # clean rounds spent creeping around it since
         self._slow_start = rate is None  # a known limit is where we start; an unknown one is searched for
         self._step = max_step if self._slow_start else first_step
         # Before the last cut: (rate, share of 429s, answers it was measured on, second cuts tried)
@@ -254,6 +259,8 @@ class AdaptiveRateLimiter:
 
     def _set_rate(self, rate: float, now: float) -> None:
         """A new rate starts a new epoch: answers to requests reserved before it say nothing about it."""
+        if rate < self.rate:
+            self._creeping = 0
         rate = max(self.min_rate, rate)
         rate = rate if self.max_rate is None else min(self.max_rate, rate)
         log.debug("rate %.1f -> %.1f/s after %d answers, %d of them 429, %d sent in %.2f s (floor %.3f)",
@@ -344,6 +351,11 @@ class AdaptiveRateLimiter:
                 and self.rate <= 1.1 * self._known_limit
             if near:  # around the last limit measured: creep, as a gateway's bucket hides a leap for a while
                 step = self._step = self.first_step
+                self._creeping += 1
+                if self._creeping >= self.creep_rounds:
+                    # Clean rounds at and over the last limit: it moved (a process sharing the key finished,
+                    # or the gateway allows more). Probe further each round again, as CUBIC does past its plateau.
+                    self._known_limit, self._creeping, self._step = None, 0, 4 * self.first_step
             grown = self.rate * (1.0 + step)
             if not self._slow_start and not near:  # each clean round probes further: a risen limit is found fast
                 self._step = min(self.max_step, self._step * 2)
