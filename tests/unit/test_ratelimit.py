@@ -101,11 +101,10 @@ class Client:
     Its own fake clock; answers reach the limiter in the thread (epoch) that sent them."""
 
     def __init__(self, limiter_rate=None, *, latency: float = 0.1, concurrency: int = 200, start: float = 1000.0,
-                 batch: tuple[int, float] | None = None, **kwargs):
+                 **kwargs):
         self.t = FakeTime(start)
         self.limiter = AdaptiveRateLimiter(limiter_rate, clock=self.t.clock, sleep=self.t.sleep, **kwargs)
         self.latency, self.concurrency = latency, concurrency
-        self.batch, self.sent_in_batch = batch, 0  # (calls, then seconds sending none): a batch, then its upload
         self.pending: list[tuple[float, int, bool]] = []
         self.log: list[tuple[float, bool]] = []  # (answer time, accepted)
 
@@ -118,13 +117,6 @@ class Client:
 
     def step(self, gateway: Gateway) -> None:
         self.deliver(self.t.now)
-        if self.batch is not None and self.sent_in_batch >= self.batch[0]:
-            if self.pending:  # the batch's last answers first
-                self.t.now = self.pending[0][0]
-                return
-            self.t.now += self.batch[1]
-            self.sent_in_batch = 0
-        self.sent_in_batch += 1
         if len(self.pending) >= self.concurrency:
             self.t.now = self.pending[0][0]
             return
