@@ -14,6 +14,7 @@ success once the stored object is known to be ours.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
@@ -46,9 +47,15 @@ def _is_retryable_code(code: Any) -> bool:
     return text in PG_RETRYABLE or text in STORAGE_RETRYABLE or (len(text) == 3 and text.isdigit() and int(text) >= 500)
 
 
-def postgrest_error(exc: APIError, what: str) -> Exception:
-    """APIError -> TransientError/PermanentError with a redacted, one-line message."""
-    code = str(exc.code or "")
+def postgrest_error(exc: APIError, what: str, status: int | None = None) -> Exception:
+    """APIError -> TransientError/PermanentError with a redacted, one-line message.
+
+    PostgREST's own errors carry a ``code``; an error body without one came from the gateway in front
+    of it (Kong answers ``{"message": "An invalid response was received from the upstream server"}``
+    with 502 while PostgREST restarts, as our stand-in's gateway does), and postgrest-py keeps no
+    status: ``status`` is the HTTP status the call got, so a gateway 5xx is retried, not dead-lettered.
+    """
+    code = str(exc.code or "") or (str(status) if status is not None else "")
     message = redact(f"{what}: {code} {exc.message or ''} {exc.details or ''}".strip())[:500]
     if _is_retryable_code(code):
         return TransientError(f"postgrest_{code or 'error'}", message)
@@ -146,9 +153,11 @@ class SupabaseClient:
         # a batch waited among hundreds of queued uploads (unthrottled: first row after 24.3 s).
         self._storage_gate = in_flight_gate(max_in_flight)
         self._rest_gate = in_flight_gate(max_in_flight)
+        self._last_status = threading.local()  # the HTTP status of this thread's last answer
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            event_hooks={"response": [self._note_status]},
         )
         # postgrest-py retries GET/HEAD itself (3 times, after 1, 2 and 4 s) inside each of our attempts,
         # holding a request slot (measured: 8 GETs in 14.1 s where our policy allowed 2): ours is the one.
@@ -161,15 +170,19 @@ class SupabaseClient:
     def close(self) -> None:
         self._http.close()
 
+    def _note_status(self, response: httpx.Response) -> None:
+        self._last_status.value = response.status_code
+
     def _with_retries(self, fn: Callable[[], Any], what: str, *, storage: bool = False) -> Any:
         gate = self._storage_gate if storage else self._rest_gate
 
         def attempt() -> Any:
+            self._last_status.value = None
             try:
                 with gate:
                     return fn()
             except APIError as exc:
-                raise postgrest_error(exc, what) from None
+                raise postgrest_error(exc, what, self._last_status.value) from None
             except StorageApiError as exc:
                 raise storage_error(exc, what) from None
             except httpx.HTTPError as exc:
