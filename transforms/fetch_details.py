@@ -11,6 +11,10 @@ being resumed already wrote, and with ``--change_detection listing`` those whose
 the one stored at their import. Both are counted as unchanged, with the reason; a failed lookup
 only costs the details calls it would have saved.
 
+Each worker thread starts a batch's calls before it hands the previous batch on (``LOOK_AHEAD``), so
+it keeps calling Roboflow while the steps after it upload and write; a bundle's last batch leaves
+from ``finish_bundle``.
+
     details = batches | FetchDetails(roboflow_config, context, concurrency=20, supabase=supabase_config)
 """
 
