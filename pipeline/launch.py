@@ -1,10 +1,11 @@
 """What the importer needs from a Dataflow launch: a worker cap, keys from Secret Manager, remote dead
 letters, and each SDK process's share of the job's Roboflow rate limit.
 
-Roboflow limits requests per API key, not per worker. Without an external rate-limit service there is
-no global token bucket, so every SDK process holds its own (shared by all its threads, see
-``transforms/clients/resources.py``) sized ``--roboflow_rate_limit / (workers x SDK processes per
-worker)``. Dataflow's Python workers start one SDK process per vCPU unless
+Roboflow limits requests per API key, not per worker. There is no global token bucket: every SDK
+process holds its own (shared by all its threads, see ``transforms/clients/resources.py``), sized
+``--roboflow_rate_limit / (workers x SDK processes per worker)`` until the processes' beats
+(``transforms/clients/rate_peers.py``, migration 0008) say how many send on the key, and then the
+limit divided among those. Dataflow's Python workers start one SDK process per vCPU unless
 ``--experiments=no_use_multiple_sdk_containers`` is given, hence the machine type matters:
 
     >>> sdk_processes_per_worker(PipelineOptions(["--machine_type=n1-standard-4"]))
@@ -12,9 +13,12 @@ worker)``. Dataflow's Python workers start one SDK process per vCPU unless
     >>> dataflow_processes(PipelineOptions(["--max_num_workers=5", "--machine_type=n1-standard-4"]))
     20
 
-Threads do not divide the share: they draw from their process's bucket. The cost of this static split
-is that while the autoscaler runs fewer workers than ``--max_num_workers`` the job stays below the
-limit; the benefit is that it never exceeds it, whatever the autoscaler does.
+Threads do not divide the share: they draw from their process's bucket. The static split is where a
+process starts and what it keeps without migration 0008: it never exceeds the limit, whatever the
+autoscaler does, but while the autoscaler runs fewer workers than ``--max_num_workers`` the job stays
+below it. With the beats, a new process starts at the static split and announces itself at once; the
+others lower their part at their next beat and a part grows only when two beats agree, so the job can
+exceed its limit by one static part for at most a beat (2 s); 429s are waited out.
 """
 
 from __future__ import annotations

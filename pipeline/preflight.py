@@ -123,7 +123,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     per_worker_rate = opts.roboflow_rate_limit / max(1, workers) if opts.roboflow_rate_limit else None
     concurrency = concurrency_of(opts)
     api_in_flight = opts.concurrency or AUTO_MAX_IN_FLIGHT
-    roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate,
+    roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate, job_rate_limit=opts.roboflow_rate_limit,
                               pool_size=max(8, api_in_flight + concurrency + 4), max_in_flight=concurrency,
                               max_api_in_flight=api_in_flight, stall_timeout=opts.roboflow_stall_timeout)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=bucket, bucket_public=bucket_public,

@@ -97,10 +97,12 @@ def test_second_run_sends_no_write_to_postgrest_or_storage(roboflow_emulator, ta
     target.reset_counters()
     code, summary, _ = run_import(emu, target, tmp_path / "2", monkeypatch=monkeypatch)
     assert code == importer.EXIT_OK and (summary["unchanged"], summary["new"], summary["changed"]) == (30, 0, 0)
-    # Only the class upsert of --class_mapping auto (ignore-duplicates), the counter refresh and the run's
-    # record in od_import_runs (started, then finished) remain.
+    # Only the class upsert of --class_mapping auto (ignore-duplicates), the counter refresh, the run's
+    # record in od_import_runs (started, then finished) and the process's rate beats (od_import_rate_peers,
+    # no dataset's row) remain.
     assert set(writes(target)) == {"POST /rest/v1/od_classes", "POST /rest/v1/rpc/od_refresh_dataset_counters",
-                                   "POST /rest/v1/od_import_runs", "PATCH /rest/v1/od_import_runs"}
+                                   "POST /rest/v1/od_import_runs", "PATCH /rest/v1/od_import_runs",
+                                   "POST /rest/v1/rpc/od_import_rate_beat"}
 
 
 def test_prune_deletes_images_gone_from_roboflow_and_a_second_prune_does_nothing(

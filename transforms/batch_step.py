@@ -79,7 +79,7 @@ class LeasingDoFn(beam.DoFn):
         return lease.value
 
     def teardown(self) -> None:
-        for lease in self.__dict__.pop("_leases", []):
+        for lease in reversed(self.__dict__.pop("_leases", [])):  # what was leased last may use the others
             lease.release()
 
 

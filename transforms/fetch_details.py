@@ -30,7 +30,13 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.batch_step import DEAD_LETTER, BatchStepFn, Started, letters_for_crash, run_batch_step
-from transforms.clients.resources import RoboflowConfig, SupabaseConfig, roboflow_client, supabase_client
+from transforms.clients.resources import (
+    RoboflowConfig,
+    SupabaseConfig,
+    rate_peers,
+    roboflow_client,
+    supabase_client,
+)
 from transforms.core.convert import check_classes, image_uuid, parse_details, source_ref
 from transforms.core.records import FetchedImage, ImportContext, ListedImage
 from transforms.core.tally import count
@@ -69,6 +75,8 @@ class FetchDetailsFn(BatchStepFn):
         super().setup()
         self._client = self.lease(roboflow_client(self.roboflow))
         self._supabase = self.lease(supabase_client(self.supabase)) if self.supabase is not None else None
+        if self._supabase is not None:
+            self.lease(rate_peers(self.roboflow, self.supabase, self._client, self._supabase))
 
     def fetch(self, item: ListedImage) -> FetchedImage:
         ctx = self.context

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import os
 
+from transforms.clients.rate_peers import RatePeers, key_digest
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
@@ -26,6 +27,7 @@ class RoboflowConfig:
     api_url: str
     api_key: SecretRef
     rate_limit: float | None = None  # requests/s for this worker process; None = adapt
+    job_rate_limit: float | None = None  # --roboflow_rate_limit, divided among the live processes (rate_peers.py)
     timeout: float = 30.0
     pool_size: int = 32
     max_in_flight: int | None = None  # concurrent CDN downloads per worker process
@@ -66,12 +68,29 @@ def roboflow_client(config: RoboflowConfig) -> Lease[RoboflowClient]:
 
     def make() -> RoboflowClient:
         return RoboflowClient(
-            config.api_url, config.api_key.resolve(), limiter=AdaptiveRateLimiter(config.rate_limit),
+            config.api_url, config.api_key.resolve(),
+            limiter=AdaptiveRateLimiter(config.rate_limit, job_rate=config.job_rate_limit),
             retry=config.retry, timeout=config.timeout, pool_size=config.pool_size,
             max_in_flight=config.max_in_flight, max_api_in_flight=config.max_api_in_flight,
             stall_timeout=config.stall_timeout)
 
     return PROCESS_SHARED.lease(("roboflow", config, _key_identity(config.api_key)), make, close=_close)
+
+
+BEAT_RETRY = RetryPolicy(max_attempts=1)  # a beat is better skipped than late
+
+
+def rate_peers(roboflow: RoboflowConfig, supabase: SupabaseConfig, client: RoboflowClient,
+               database: SupabaseClient) -> Lease[RatePeers]:
+    """A lease on the beats that tell the process's limiter (``client.limiter``) of the other processes
+    on its Roboflow key; ``client`` and ``database`` are the process's own clients for these configs."""
+
+    def make() -> RatePeers:
+        beat = lambda params: database.rpc("od_import_rate_beat", params, retry=BEAT_RETRY)  # noqa: E731
+        return RatePeers(client.limiter, beat, key_digest(roboflow.api_key.resolve())).start()
+
+    key = ("rate_peers", roboflow, supabase, _key_identity(roboflow.api_key), _key_identity(supabase.service_key))
+    return PROCESS_SHARED.lease(key, make, close=lambda peers: peers.close())
 
 
 def supabase_client(config: SupabaseConfig) -> Lease[SupabaseClient]:

@@ -173,7 +173,8 @@ class SupabaseClient:
     def _note_status(self, response: httpx.Response) -> None:
         self._last_status.value = response.status_code
 
-    def _with_retries(self, fn: Callable[[], Any], what: str, *, storage: bool = False) -> Any:
+    def _with_retries(self, fn: Callable[[], Any], what: str, *, storage: bool = False,
+                      retry: RetryPolicy | None = None) -> Any:
         gate = self._storage_gate if storage else self._rest_gate
 
         def attempt() -> Any:
@@ -192,7 +193,7 @@ class SupabaseClient:
             count(f"retry.supabase.{exc.kind}")
             log.debug("retrying %s after %s (attempt %d)", what, exc.kind, attempt_no)
 
-        return call_with_retries(attempt, self.retry, on_retry=on_retry)
+        return call_with_retries(attempt, retry or self.retry, on_retry=on_retry)
 
     # ---- Storage --------------------------------------------------------------------------
 
@@ -340,8 +341,10 @@ class SupabaseClient:
 
         self._with_retries(run, f"delete stale {tables.labels}")
 
-    def rpc(self, function: str, params: dict[str, Any]) -> Any:
-        return self._with_retries(lambda: self.postgrest.rpc(function, params).execute().data, f"rpc {function}")
+    def rpc(self, function: str, params: dict[str, Any], *, retry: RetryPolicy | None = None) -> Any:
+        """``retry``: a policy for this call instead of the client's (a heartbeat is better skipped than late)."""
+        return self._with_retries(lambda: self.postgrest.rpc(function, params).execute().data, f"rpc {function}",
+                                  retry=retry)
 
     # ---- incremental sync (--plan, --prune) ------------------------------------------------
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 IMPORTER_TABLES = ("od_datasets", "od_classes", "od_images", "od_dataset_images", "od_annotations", "od_import_runs",
+                   "od_import_rate_peers",
                    "cls_datasets", "cls_classes", "cls_images", "cls_dataset_images", "cls_labels")
 DEFAULT_BUCKETS = {"od-images": {"public": False, "file_size_limit": DEFAULT_FILE_SIZE_LIMIT}}
 # The platform's classification bucket (platform.md §2), for stacks that serve classification imports.
@@ -40,7 +41,7 @@ CLS_BUCKET = {"cls-images": {"public": True, "file_size_limit": 52428800,
 DDL_STATEMENT = re.compile(r"^\s*(create|alter|drop|comment|grant|revoke)\b", re.IGNORECASE | re.MULTILINE)
 
 RESET_SQL = """
-truncate od_annotations, od_dataset_images, od_images, od_import_runs;
+truncate od_annotations, od_dataset_images, od_images, od_import_runs, od_import_rate_peers;
 truncate cls_labels, cls_dataset_images, cls_images, cls_classes, cls_datasets;
 delete from od_classes where dataset_id is not null or not coalesce(is_system, false);
 delete from od_datasets;

@@ -1,0 +1,172 @@
+"""Processes on one Roboflow key told of each other (transforms/clients/rate_peers.py): the real
+``RatePeers`` and limiters in the rate-limit simulation, over an in-memory table that answers as
+migration 0008's ``od_import_rate_beat`` does (tests/test_rate_peers_db.py runs the SQL itself)."""
+
+import logging
+
+import pytest
+
+from tests.unit.fake_time import FakeTime
+from tests.unit.test_ratelimit import Client, Gateway, run, tally
+from transforms.clients.rate_peers import RatePeers, key_digest
+from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.retry import PermanentError, TransientError
+
+
+class PeerTable:
+    """od_import_rate_peers and od_import_rate_beat(), in memory, on the simulation's clocks."""
+
+    def __init__(self):
+        self.rows: dict[tuple[str, str], tuple[float, float, float, float]] = {}
+        self.calls: list[dict] = []
+
+    def beat(self, now: float, params: dict) -> dict:
+        self.calls.append(params)
+        key, peer = params["p_key"], params["p_peer"]
+        self.rows[key, peer] = (params["p_sent"], params["p_accepted"], params["p_refused"], now)
+        since = now - params["p_live_s"]
+        live = [(p, *row) for (k, p), (*row, seen) in self.rows.items() if k == key and seen >= since]
+        return {"peers": sum(1 for p, sent, *_ in live if sent > 0 or p == peer),
+                "accepted": sum(accepted for _, _, accepted, _ in live), "refused": sum(r for *_, r in live)}
+
+
+def with_peers(clients: list[Client], table: PeerTable) -> list[RatePeers]:
+    return [RatePeers(c.limiter, lambda params, c=c: table.beat(c.t.now, params), "k", clock=c.t.clock)
+            for c in clients]
+
+
+def run_beating(clients: list[Client], peers: list[RatePeers], gateway: Gateway, seconds: float) -> None:
+    """``run`` in slices of a beat: each process beats every ``interval`` of its own time."""
+    end = min(c.t.now for c in clients) + seconds
+    while min(c.t.now for c in clients) < end:
+        run(clients, gateway, peers[0].interval)
+        for p in peers:
+            p.beat_once()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_last_process_on_the_key_takes_it_within_a_few_seconds(seed):
+    """Four processes on 50/s; three finish and say so. Alone, the last one took 10 s to regrow
+    (test_ratelimit.py); told that it is alone, it takes the key's rate within 4 s."""
+    clients = [Client(latency=0.05, start=1000.0 + 0.1 * i + 0.01 * seed) for i in range(4)]
+    table = PeerTable()
+    peers = with_peers(clients, table)
+    gateway = Gateway(50, 0.1, seed=seed)
+    run_beating(clients, peers, gateway, 40)
+    for p in peers[1:]:
+        p.close()
+    run_beating(clients[:1], peers[:1], gateway, 20)
+    accepted, wasted = tally(clients[:1], 1044, 1060)
+    assert accepted >= 0.9 * 50, seed
+    assert wasted <= 0.05
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_process_that_wants_less_than_its_part_leaves_the_rest_to_the_others(seed):
+    """One process can send only ~5/s (one call in flight at 0.2 s). Over its fair part, the other one
+    stops growing for a few rounds after a cut, then takes what the key has left: held there for good,
+    it sent 30/s of the 45/s left."""
+    small = Client(latency=0.2, concurrency=1, start=1000.0 + 0.01 * seed)
+    big = Client(latency=0.05, start=1000.05)
+    table = PeerTable()
+    run_beating([small, big], with_peers([small, big], table), Gateway(50, 0.1, seed=seed), 60)
+    accepted, wasted = tally([big], 1020, 1060)
+    assert accepted >= 0.85 * 45, seed
+    assert tally([small, big], 1020, 1060)[1] <= 0.05
+
+
+def test_a_process_still_searching_on_a_full_key_starts_from_its_part():
+    t = FakeTime()
+    limiter = AdaptiveRateLimiter(None, clock=t.clock, sleep=t.sleep)  # slow start from 20/s
+    limiter.peers_said(4, 40.0, 0.0)  # the others are starting too: the key answers all they ask
+    assert limiter.rate == 20.0 and limiter.fair_share is None
+    limiter.peers_said(4, 50.0, 10.0)  # three others, and the key refused some: it answers 50/s for all
+    assert limiter.rate == pytest.approx(12.5 * 0.97)
+    for _ in range(30):
+        limiter.acquire()
+        limiter.on_success()
+    t.now += 2.0
+    limiter.acquire()
+    limiter.on_success()
+    assert limiter.rate < 12.5  # creeping from its part, not x1.5 past it
+
+
+def test_a_given_limit_is_divided_among_the_processes_that_send():
+    t = FakeTime()
+    limiter = AdaptiveRateLimiter(25.0, job_rate=100.0, clock=t.clock, sleep=t.sleep)  # 4 processes at most
+    limiter.peers_said(2, 0.0, 0.0)
+    limiter.peers_said(2, 0.0, 0.0)  # the first seconds: the job's other processes may not have beaten yet
+    assert limiter.rate == pytest.approx(25.0)
+    t.now += limiter.start_grace
+    limiter.peers_said(4, 0.0, 0.0)
+    assert limiter.rate == pytest.approx(25.0)
+    limiter.peers_said(2, 0.0, 0.0)  # two left, or a beat missed them: the part grows when the next beat agrees
+    assert limiter.rate == pytest.approx(25.0)
+    limiter.peers_said(2, 0.0, 0.0)
+    assert limiter.rate == limiter.max_rate == pytest.approx(50.0)
+    limiter.peers_said(1, 0.0, 0.0)
+    limiter.peers_said(1, 0.0, 0.0)
+    assert limiter.rate == pytest.approx(100.0)
+    limiter.peers_said(3, 0.0, 0.0)  # two joined: the part shrinks at once
+    assert limiter.rate == limiter.max_rate == pytest.approx(100 / 3)
+
+
+def test_a_beat_sends_the_rates_since_the_last_and_a_digest_of_the_key():
+    t = FakeTime()
+    limiter = AdaptiveRateLimiter(None, clock=t.clock, sleep=t.sleep)
+    sent: list[dict] = []
+    peers = RatePeers(limiter, lambda params: sent.append(params) or {"peers": 3, "accepted": 60.0, "refused": 10.0},
+                      key_digest("rf_secret_key"), clock=t.clock)
+    peers.beat_once()  # the first beat says what the process is about to send: its rate
+    assert sent[0]["p_sent"] == limiter.rate == 20.0 and sent[0]["p_accepted"] == 0
+    for i in range(40):
+        limiter.acquire()
+        if i % 4:
+            limiter.on_success()  # the 10 others are not answered yet
+    t.now += 2.0 - (t.now - 1000.0)  # 2 s since the first beat
+    peers.beat_once()
+    assert sent[1]["p_sent"] == pytest.approx(20.0) and sent[1]["p_accepted"] == pytest.approx(15.0)
+    assert "rf_secret_key" not in repr(sent) and sent[1]["p_key"] == key_digest("rf_secret_key") != key_digest("x")
+    assert limiter.peers == 3 and limiter.fair_share == pytest.approx(20.0)
+    peers.close()
+    assert sent[-1]["p_sent"] == 0 and sent[-1]["p_peer"] == sent[0]["p_peer"]
+
+
+def test_without_migration_0008_the_process_goes_on_alone_and_says_so_once(caplog):
+    t = FakeTime()
+    limiter = AdaptiveRateLimiter(None, clock=t.clock, sleep=t.sleep)
+    calls = []
+
+    def missing(params):
+        calls.append(params)
+        raise PermanentError("postgrest", "rpc od_import_rate_beat: PGRST202 Could not find the function")
+
+    peers = RatePeers(limiter, missing, "k", clock=t.clock)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            t.now += 2.0
+            peers.beat_once()
+    assert len(calls) == 1 and not peers.enabled and limiter.peers == 1
+    assert [r.getMessage() for r in caplog.records].count(
+        "processes on one Roboflow key do not share its rate: the database has no od_import_rate_beat(); "
+        "apply pipeline/migrations/0008_rate_peers.sql") == 1
+
+
+def test_a_failed_beat_is_skipped_and_the_next_one_counts():
+    t = FakeTime()
+    limiter = AdaptiveRateLimiter(10.0, job_rate=40.0, clock=t.clock, sleep=t.sleep)
+    answers = [TransientError("connection", "reset"), {"peers": 2, "accepted": 20.0}, {"peers": 2, "accepted": 20.0}]
+
+    def flaky(params):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    peers = RatePeers(limiter, flaky, "k", clock=t.clock)
+    t.now += limiter.start_grace
+    peers.beat_once()
+    assert peers.enabled and limiter.rate == pytest.approx(10.0)
+    peers.beat_once()
+    peers.beat_once()
+    assert limiter.rate == pytest.approx(20.0)

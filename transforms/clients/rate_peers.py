@@ -1,0 +1,121 @@
+"""The worker processes sending on one Roboflow key, told to each process's rate limiter.
+
+Roboflow limits a key, not a process, and a Dataflow job runs as many processes as its autoscaler
+decides (a local ``multi_processing`` run as many as it was given, and they finish at different
+times: Beam splits the work once). Each process beats every ``interval`` seconds into
+``od_import_rate_peers`` (migration 0008, through one PostgREST call) with the API calls per
+second it sent, got answered and got refused (429), and learns how many processes sent on the key
+and what the key answered and refused them all (:meth:`AdaptiveRateLimiter.peers_said` says what the
+limiter does with that). The key is named by a salted digest, never the key; a process that sends
+nothing is no peer. A process's first beat, at its start, says the rate it is about to send.
+
+Without migration 0008 (or with a failing beat) every process goes on alone, as before: the job's
+``--roboflow_rate_limit`` divided among as many processes as the job can start, and an unknown limit
+found by each process from its 429s. So a beat is best effort: one attempt, skipped when it fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from transforms.core.ratelimit import AdaptiveRateLimiter
+from transforms.core.retry import PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+BEAT_FUNCTION = "od_import_rate_beat"
+MIGRATION = "pipeline/migrations/0008_rate_peers.sql"
+_SALT = b"roboflow-supabase-import/rate-peers/v1:"
+
+
+def key_digest(api_key: str) -> str:
+    """The name processes on one key share: a salted SHA-256 of it, so the table never holds the key."""
+    return hashlib.sha256(_SALT + api_key.encode("utf-8")).hexdigest()[:32]
+
+
+def _missing_function(exc: Exception) -> bool:
+    text = str(exc)
+    return "PGRST202" in text or "42883" in text or getattr(exc, "status", None) == 404
+
+
+class RatePeers:
+    """Beats for one process's limiter. ``beat(params)`` makes the call (``SupabaseClient.rpc``);
+    ``live_beats`` beats without news make a peer count no more (a killed process)."""
+
+    def __init__(self, limiter: AdaptiveRateLimiter, beat: Callable[[dict[str, Any]], Any], key: str, *,
+                 interval: float = 2.0, live_beats: float = 3.0, clock: Callable[[], float] = time.monotonic):
+        self.limiter = limiter
+        self._beat = beat
+        self.key = key
+        self.peer = uuid.uuid4().hex
+        self.interval = interval
+        self.live_beats = live_beats
+        self._clock = clock
+        self._last = (clock(), limiter.sends, limiter.successes, limiter.throttle_events)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.enabled = True
+        self.beats = 0
+
+    def beat_once(self, *, leaving: bool = False) -> None:
+        """One beat: this process's rates since the last, then the key's peers to the limiter."""
+        if not self.enabled:
+            return
+        now, limiter = self._clock(), self.limiter
+        sends, successes, refusals = limiter.sends, limiter.successes, limiter.throttle_events
+        then, sends_then, successes_then, refusals_then = self._last
+        self._last = (now, sends, successes, refusals)
+        elapsed = max(now - then, 1e-3)
+        # The first beat tells what the process is about to send: the others learn of it now, not a beat
+        # after its first calls, which its slow start makes the most costly ones.
+        sent = 0.0 if leaving else self.limiter.rate if not self.beats else (sends - sends_then) / elapsed
+        accepted = 0.0 if leaving else (successes - successes_then) / elapsed
+        refused = 0.0 if leaving else (refusals - refusals_then) / elapsed
+        try:
+            answer = self._beat({"p_key": self.key, "p_peer": self.peer, "p_sent": sent, "p_accepted": accepted,
+                                 "p_refused": refused, "p_live_s": self.live_beats * self.interval})
+        except (PermanentError, TransientError) as exc:
+            if _missing_function(exc):
+                self.enabled = False
+                log.warning("processes on one Roboflow key do not share its rate: the database has no %s(); "
+                            "apply %s", BEAT_FUNCTION, MIGRATION)
+            else:
+                log.debug("rate beat skipped: %s", exc)
+            return
+        self.beats += 1
+        if not leaving and isinstance(answer, dict):
+            self.limiter.peers_said(int(answer.get("peers") or 1), float(answer.get("accepted") or 0.0),
+                                    float(answer.get("refused") or 0.0))
+
+    def _run(self) -> None:
+        """Beat at once (a process joining a busy key learns its part before its slow start overshoots),
+        then every ``interval``."""
+        while True:
+            try:
+                self.beat_once()
+            except Exception:  # noqa: BLE001 - a beat is best effort; the limiter goes on alone
+                log.debug("rate beat failed", exc_info=True)
+            if self._stop.wait(self.interval):
+                return
+
+    def start(self) -> RatePeers:
+        self._thread = threading.Thread(target=self._run, name="rate_peers", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop beating and say so: this process's part of the key is free at once, not after the
+        ``live_beats`` it would take the others to stop counting it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 5.0)
+        try:
+            self.beat_once(leaving=True)
+        except Exception:  # noqa: BLE001 - the others stop counting this process after live_beats anyway
+            log.debug("rate beat on leaving failed", exc_info=True)
