@@ -464,6 +464,9 @@ MATRIX = (
               ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
     LimitCase("50/s, 4 processes on one key", 50, (), 50.0,
               ("--direct_running_mode=multi_processing", "--direct_num_workers=4"), hard=True),
+    LimitCase("50/s dropping to 20/s after 1,500 calls, 4 processes on one key", 50,
+              ("--rate-limit-change-per-s", "20", "--rate-limit-change-after-calls", "1500"), 50.0,
+              ("--direct_running_mode=multi_processing", "--direct_num_workers=4")),
     LimitCase("50/s, 2 imports at once on one key", 50, (), 50.0, imports=2),
     LimitCase("100/s, 4 imports at once on one key", 100, (), 100.0, imports=4),
 )
