@@ -3,6 +3,8 @@
 migration 0008's ``od_import_rate_beat`` does (tests/test_rate_peers_db.py runs the SQL itself)."""
 
 import logging
+import threading
+import time
 
 import pytest
 
@@ -150,6 +152,25 @@ def test_without_migration_0008_the_process_goes_on_alone_and_says_so_once(caplo
     assert [r.getMessage() for r in caplog.records].count(
         "processes on one Roboflow key do not share its rate: the database has no od_import_rate_beat(); "
         "apply pipeline/migrations/0008_rate_peers.sql") == 1
+
+
+def test_closing_does_not_wait_out_a_beat_the_database_does_not_answer():
+    limiter = AdaptiveRateLimiter(None)
+    answer = threading.Event()
+    calls = []
+
+    def hanging(params):
+        calls.append(params)
+        answer.wait(10.0)
+        return {"peers": 1, "accepted": 0.0, "refused": 0.0}
+
+    peers = RatePeers(limiter, hanging, "k", close_wait=0.2).start()
+    while not calls:
+        time.sleep(0.01)
+    started = time.monotonic()
+    peers.close()
+    assert time.monotonic() - started < 2.0 and len(calls) == 1  # no goodbye queued behind the hanging beat
+    answer.set()
 
 
 def test_a_failed_beat_is_skipped_and_the_next_one_counts():

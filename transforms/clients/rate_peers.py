@@ -49,13 +49,15 @@ class RatePeers:
     ``live_beats`` beats without news make a peer count no more (a killed process)."""
 
     def __init__(self, limiter: AdaptiveRateLimiter, beat: Callable[[dict[str, Any]], Any], key: str, *,
-                 interval: float = 2.0, live_beats: float = 3.0, clock: Callable[[], float] = time.monotonic):
+                 interval: float = 2.0, live_beats: float = 3.0, close_wait: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.limiter = limiter
         self._beat = beat
         self.key = key
         self.peer = uuid.uuid4().hex
         self.interval = interval
         self.live_beats = live_beats
+        self.close_wait = close_wait
         self._clock = clock
         self._last = (clock(), limiter.sends, limiter.successes, limiter.throttle_events)
         self._stop = threading.Event()
@@ -111,10 +113,14 @@ class RatePeers:
 
     def close(self) -> None:
         """Stop beating and say so: this process's part of the key is free at once, not after the
-        ``live_beats`` it would take the others to stop counting it."""
+        ``live_beats`` it would take the others to stop counting it. A beat still hanging after
+        ``close_wait`` (the database does not answer) is left to its daemon thread, and so is the goodbye:
+        a worker's teardown must not wait out a database outage's timeouts."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=self.interval + 5.0)
+            self._thread.join(timeout=self.close_wait)
+            if self._thread.is_alive():
+                return
         try:
             self.beat_once(leaving=True)
         except Exception:  # noqa: BLE001 - the others stop counting this process after live_beats anyway

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import os
 
-from transforms.clients.rate_peers import RatePeers, key_digest
+from transforms.clients.rate_peers import BEAT_FUNCTION, RatePeers, key_digest
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
 from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
@@ -85,8 +85,10 @@ def rate_peers(roboflow: RoboflowConfig, supabase: SupabaseConfig, client: Robof
     """A lease on the beats that tell the process's limiter (``client.limiter``) of the other processes
     on its Roboflow key; ``client`` and ``database`` are the process's own clients for these configs."""
 
+    def beat(params: dict) -> object:
+        return database.rpc(BEAT_FUNCTION, params, retry=BEAT_RETRY)
+
     def make() -> RatePeers:
-        beat = lambda params: database.rpc("od_import_rate_beat", params, retry=BEAT_RETRY)  # noqa: E731
         return RatePeers(client.limiter, beat, key_digest(roboflow.api_key.resolve())).start()
 
     key = ("rate_peers", roboflow, supabase, _key_identity(roboflow.api_key), _key_identity(supabase.service_key))
