@@ -19,7 +19,7 @@ from pipeline.project_types import ProjectType, project_type, skeletons_of
 from pipeline.validation import check_class_filter, listing_spec
 from transforms.clients.listing import Selection, fetch_page
 from transforms.clients.roboflow import RoboflowClient, RoboflowError, RoboflowStopped
-from transforms.clients.supabase import SupabaseClient
+from transforms.clients.supabase import SupabaseClient, missing_function
 from transforms.core.convert import IMAGE_MIME_TYPES, mime_allowed, size_limit_bytes
 from transforms.core.redact import redact
 from transforms.core.retry import PermanentError, RetryPolicy, TransientError, call_with_retries
@@ -219,8 +219,7 @@ def check_schema(client: SupabaseClient, url: str, key_source: str, required: in
     try:
         version = client.rpc("od_import_schema_version", {})
     except (PermanentError, TransientError) as exc:
-        text = str(exc)
-        if "PGRST202" in text or "42883" in text or getattr(exc, "status", None) == 404:
+        if missing_function(exc):
             raise InputError("the database schema is not migrated for the importer (no od_import_schema_version()); "
                              f"apply {MIGRATIONS[4]}") from None
         raise supabase_failure(exc, url, "schema check", key_source) from None
@@ -267,8 +266,7 @@ def check_cls_schema(client: SupabaseClient, url: str, key_source: str) -> None:
     try:
         version = client.rpc("cls_import_schema_version", {})
     except (PermanentError, TransientError) as exc:
-        text = str(exc)
-        if "PGRST202" in text or "42883" in text or getattr(exc, "status", None) == 404:
+        if missing_function(exc):
             version = None
         else:
             raise supabase_failure(exc, url, "schema check", key_source) from None

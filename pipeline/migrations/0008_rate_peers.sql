@@ -2,7 +2,7 @@
 --  * od_import_rate_peers: one row per worker process sending on a Roboflow key, named by a digest
 --    of the key (never the key): the API calls per second it sent, got answered and got refused (429)
 --    over its last beat, and when it beat.
---  * od_import_rate_beat(key, peer, sent, accepted, live_s): records one beat and answers how many
+--  * od_import_rate_beat(key, peer, sent, accepted, refused, live_s): records one beat and answers how many
 --    processes sent on the key within live_s seconds, and what it answered and refused them.
 --    With --roboflow_rate_limit each process takes its part of the live processes' limit, not of the
 --    most the job could start; without it a process under its fair part of what the key lets
@@ -22,8 +22,8 @@ create table if not exists public.od_import_rate_peers (
 );
 
 comment on table public.od_import_rate_peers is
-  'Importer worker processes sending on one Roboflow key (a digest of it): calls/s sent and answered '
-  'over the last beat. Rows older than an hour are dropped by od_import_rate_beat().';
+  'Importer worker processes sending on one Roboflow key (a digest of it): calls/s sent, answered and '
+  'refused (429) over the last beat. Rows older than an hour are dropped by od_import_rate_beat().';
 
 alter table public.od_import_rate_peers enable row level security;
 grant all on table public.od_import_rate_peers to service_role;

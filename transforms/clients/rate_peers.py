@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from transforms.clients.supabase import missing_function
 from transforms.core.ratelimit import AdaptiveRateLimiter
 from transforms.core.retry import PermanentError, TransientError
 
@@ -37,11 +38,6 @@ _SALT = b"roboflow-supabase-import/rate-peers/v1:"
 def key_digest(api_key: str) -> str:
     """The name processes on one key share: a salted SHA-256 of it, so the table never holds the key."""
     return hashlib.sha256(_SALT + api_key.encode("utf-8")).hexdigest()[:32]
-
-
-def _missing_function(exc: Exception) -> bool:
-    text = str(exc)
-    return "PGRST202" in text or "42883" in text or getattr(exc, "status", None) == 404
 
 
 class RatePeers:
@@ -76,14 +72,14 @@ class RatePeers:
         elapsed = max(now - then, 1e-3)
         # The first beat tells what the process is about to send: the others learn of it now, not a beat
         # after its first calls, which its slow start makes the most costly ones.
-        sent = 0.0 if leaving else self.limiter.rate if not self.beats else (sends - sends_then) / elapsed
+        sent = 0.0 if leaving else limiter.rate if not self.beats else (sends - sends_then) / elapsed
         accepted = 0.0 if leaving else (successes - successes_then) / elapsed
         refused = 0.0 if leaving else (refusals - refusals_then) / elapsed
         try:
             answer = self._beat({"p_key": self.key, "p_peer": self.peer, "p_sent": sent, "p_accepted": accepted,
                                  "p_refused": refused, "p_live_s": self.live_beats * self.interval})
         except (PermanentError, TransientError) as exc:
-            if _missing_function(exc):
+            if missing_function(exc):
                 self.enabled = False
                 log.warning("processes on one Roboflow key do not share its rate: the database has no %s(); "
                             "apply %s", BEAT_FUNCTION, MIGRATION)

@@ -47,6 +47,12 @@ def _is_retryable_code(code: Any) -> bool:
     return text in PG_RETRYABLE or text in STORAGE_RETRYABLE or (len(text) == 3 and text.isdigit() and int(text) >= 500)
 
 
+def missing_function(exc: Exception) -> bool:
+    """Whether a failed ``rpc`` says the database has no such function (a migration not applied)."""
+    text = str(exc)
+    return "PGRST202" in text or "42883" in text or getattr(exc, "status", None) == 404
+
+
 def postgrest_error(exc: APIError, what: str, status: int | None = None) -> Exception:
     """APIError -> TransientError/PermanentError with a redacted, one-line message.
 
