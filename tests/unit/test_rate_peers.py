@@ -93,6 +93,25 @@ def test_a_process_still_searching_on_a_full_key_starts_from_its_part():
     assert limiter.rate < 12.5  # creeping from its part, not x1.5 past it
 
 
+def test_a_process_just_under_its_part_of_a_key_with_room_goes_to_it_in_one_round():
+    """A bench trace of four processes on 50/s: one finished, and the three left sent 11.6-12.4/s each, 0.8
+    of their new part (15/s). Creeping from there at 2 % a round of 2 s held the key at 0.7 for 8 s."""
+    t = FakeTime()
+    limiter = AdaptiveRateLimiter(None, initial_rate=24.8, clock=t.clock, sleep=t.sleep)
+    for refused in [True] * 20 + [False] * 5:  # a round far over the limit: cut in half, to 12.4/s
+        limiter.acquire()
+        (limiter.on_throttled if refused else limiter.on_success)()
+    t.now += 1.0
+    limiter.acquire()
+    limiter.on_success()
+    assert limiter.rate == pytest.approx(12.4)
+    limiter.peers_said(3, 45.0, 5.0)  # three processes; the key answers 45/s for all
+    while limiter.rate == pytest.approx(12.4):  # clean rounds, callers waiting for tokens
+        limiter.acquire()
+        limiter.on_success()
+    assert limiter.rate == pytest.approx(15.0 * 0.97)
+
+
 def test_a_given_limit_is_divided_among_the_processes_that_send():
     t = FakeTime()
     limiter = AdaptiveRateLimiter(25.0, job_rate=100.0, clock=t.clock, sleep=t.sleep)  # 4 processes at most

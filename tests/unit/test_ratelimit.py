@@ -322,6 +322,70 @@ def test_callers_reserve_only_a_little_ahead_so_a_new_rate_paces_the_next_sends(
     assert first_wait_of(limiter) <= 0.02  # the next caller only checks back, it holds no slot
 
 
+class ParkingTime:
+    """A fake clock for threads: ``sleep`` parks the caller until the test moves the clock past its wake-up."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+        self.cond = threading.Condition()
+        self.wakes: list[float] = []  # of the parked callers
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self.cond:
+            wake = self.now + seconds
+            self.wakes.append(wake)
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.now >= wake)
+            self.wakes.remove(wake)
+            self.cond.notify_all()
+
+    def move_to(self, now: float, settled) -> None:
+        """Move the clock, then wait until every caller due has woken and ``settled()`` holds."""
+        with self.cond:
+            self.now = now
+            self.cond.notify_all()
+            assert self.cond.wait_for(lambda: all(w > now for w in self.wakes) and settled(), timeout=10)
+
+
+def test_callers_woken_late_by_a_stall_book_new_slots_instead_of_sending_at_once():
+    """Twenty-five callers reserve the next quarter second at 100/s, then the process stalls for half a
+    second (the GIL, a busy CPU). Woken together, they would all send at once, and a gateway's 0.1 s bucket
+    refuses all but 10 of them (in the pipeline: 17 429s, then a cut to 80/s for a 100/s limit). Those whose
+    slot passed book new ones, so what a stall costs is the slots it missed, never 429s."""
+    t = ParkingTime()
+    limiter = AdaptiveRateLimiter(100.0, clock=t.clock, sleep=t.sleep)
+    sent: list[float] = []
+
+    def call() -> None:
+        limiter.acquire()
+        with t.cond:
+            sent.append(t.now)
+            t.cond.notify_all()
+
+    callers = [threading.Thread(target=call, daemon=True) for _ in range(25)]
+    for caller in callers:
+        caller.start()
+
+    def settled() -> bool:
+        return len(t.wakes) + len(sent) == len(callers)
+
+    t.move_to(1000.0, settled)
+    assert len(sent) == 1 and len(t.wakes) == 24  # one token in the bucket; the others hold slots
+    t.move_to(1000.5, settled)  # the stall: nobody ran for half a second
+    while len(sent) < len(callers):
+        t.move_to(t.now + 0.005, settled)
+    for caller in callers:
+        caller.join(timeout=10)
+    sent.sort()
+    # What a gateway's bucket of 10 at 100/s lets through: no more than 10 + 100 t calls in any t seconds.
+    assert all(j - i + 1 <= 10 + 100 * (sent[j] - sent[i]) + 1e-6
+               for i in range(len(sent)) for j in range(i, len(sent)))
+    assert max(sent) < 1000.5 + 0.2  # the missed slots are skipped, not made up for
+
+
 def test_the_cut_reads_what_the_gateway_let_through_whatever_rate_paced_the_requests():
     """Answers to requests reserved before the round (at the older rate) still say what the gateway let
     through in it; the round's own few answers, skewed to its end, read the limit low."""

@@ -215,7 +215,7 @@ class AdaptiveRateLimiter:
         floor_memory: int = 2000,
         burst_seconds: float = 0.1,
         reserve_ahead: float = 0.25,
-        fair_band: float = 0.8,
+        fair_band: float = 0.9,
         start_grace: float = 10.0,
         key_memory: float = 0.98,
         clock: Callable[[], float] = time.monotonic,
@@ -388,8 +388,8 @@ class AdaptiveRateLimiter:
             # Or, read straight off the gateway: the answers it let through this round, whatever rate paced
             # their requests. Both read low when the round's sends were uneven; the larger is the better.
             limit = max(sent_rate * (1.0 - share), self._accepted / elapsed) / (1.0 - self.floor)
-            if last_cut is None:  # a new episode; a cut right after a cut keeps the episode's first rate
-                    self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0)
+            if last_cut is None:  # a new episode (after a cut whose round showed the 429s follow the rate, none)
+                self._last_cut = (self.rate, share, n, 0)
             self._slow_start = False
             self._step = self.first_step
             # At most ``max_cut`` a round: while 429'd requests sleep out their Retry-After, fewer are sent
@@ -433,7 +433,9 @@ class AdaptiveRateLimiter:
             fair = self.fair_share
             if fair is not None and self.rate < self.fair_band * fair:
                 # Under its part of what the key lets through: a process on the key finished, or this one
-                # came late. Take the part (just under it) within a round or two, not by creeping.
+                # came late. Take the part (just under it) within a round or two, not by creeping. Under 0.9
+                # of it, not 0.8: three processes left at 0.8 of their new part crept there, and the key ran at
+                # 0.7 of its limit for 8 s (bench trace, four processes on 50/s, one finished).
                 self._known_limit, self._creeping, self._step = None, 0, self.first_step
                 self._probed = True
                 self._set_rate(min(2.0 * self.rate, fair * (1.0 - self.margin)), now)
@@ -471,11 +473,19 @@ class AdaptiveRateLimiter:
         beyond that checks back when a slot may be free, so a new rate paces the sends right after it
         (reserving a whole second ahead kept a cut from showing for that second). The request belongs to
         the epoch it reserved in, so its answer is judged against the rate it was paced at.
+
+        A caller that wakes later than a gateway's bucket covers (``burst_seconds``, or one slot at a low
+        rate) books a new slot instead of sending: the process stalled (the GIL, a busy CPU), and every
+        caller whose slot passed meanwhile would send at once. Traced in the benchmark (100/s, 0.1 s
+        bucket): a 0.25 s stall woke some 60 callers together, the gateway refused 17, and the cut that
+        followed went to 80/s and crept back for 7 s. A stall costs the slots it missed, which the
+        gateway's bucket would not have held anyway.
         """
         waited = 0.0
         while True:
             with self._lock:
-                self._refill(self._clock())
+                now = self._clock()
+                self._refill(now)
                 epoch = self._epoch
                 if self._tokens >= 1.0 - 1e-9:
                     self._tokens -= 1.0
@@ -493,6 +503,10 @@ class AdaptiveRateLimiter:
             if wait:
                 self._sleep(wait)
                 waited += wait
+                if reserved and self._clock() - (now + wait) > max(self.burst_seconds, 1.0 / self.rate):
+                    # Woken later than a gateway's bucket covers: the process stalled (the GIL, a busy CPU),
+                    # and every caller whose slot passed meanwhile would send at once. It books a new slot.
+                    continue
             if reserved:
                 break
         self._local.epoch = epoch
