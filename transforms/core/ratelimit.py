@@ -411,7 +411,7 @@ class AdaptiveRateLimiter:
             # Or, read straight off the gateway: the answers it let through this round, whatever rate paced
             # their requests. Both read low when the round's sends were uneven; the larger is the better.
             limit = max(sent_rate * (1.0 - share), self._accepted / elapsed) / (1.0 - self.floor)
-            if last_cut is None:  # a new episode (after a cut whose round showed the 429s follow the rate, none)
+            if last_cut is None:  # a new episode is an experiment; a cut after a cut (429s that followed the rate) not
                 self._last_cut = (self.rate, share, n, 0, limit * (1.0 - self.floor))
             self._slow_start = False
             self._step = self.first_step
