@@ -37,6 +37,8 @@ SHAPES = {
                            ()),
     "two_processes_one_key": (FaultConfig(rate_limit_per_s=40),
                               ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
+    "four_processes_one_key": (FaultConfig(rate_limit_per_s=40),
+                               ("--direct_running_mode=multi_processing", "--direct_num_workers=4")),
 }
 
 
@@ -60,6 +62,16 @@ def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator,
               f"{sum(s['passed'] + s['limited'] for s in after)} calls answered 429")
         assert sum(s["limited"] for s in after) <= 0.1 * sum(s["passed"] + s["limited"] for s in after), timeline
         assert share_429(emu) <= 0.3
+    elif shape == "four_processes_one_key":
+        # Four slow starts from 20/s each meet on a 40/s key: their first round is half 429s, a fixed cost that
+        # weighs 10-13 % of a run this small (3.9 % over 2,000 images in the benchmark). From 3 s later, few.
+        timeline = emu.timeline()
+        first = next(s["t"] for s in timeline if s["limited"])
+        after = [s for s in timeline if s["t"] >= first + 3]
+        print(f"from 3 s after the first 429: {sum(s['limited'] for s in after)} of "
+              f"{sum(s['passed'] + s['limited'] for s in after)} calls answered 429")
+        assert sum(s["limited"] for s in after) <= 0.08 * sum(s["passed"] + s["limited"] for s in after), timeline
+        assert share_429(emu) <= 0.2, emu.counters()
     else:
         assert share_429(emu) <= 0.12, emu.counters()  # the old controller wasted ~40 % at full size
 
