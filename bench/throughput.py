@@ -536,10 +536,11 @@ def run_matrix(args, importer_args: list[str]) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     cases = [c for c in MATRIX if not args.cases or any(k in c.name for k in args.cases.split(","))]
     results = []
+    seed_flags = ("--fault-seed", str(args.fault_seed)) if args.fault_seed is not None else ()
     for number, case in enumerate(cases, 1):
         workload = Workload(images=args.images, rate_limit=case.rate, api_latency_ms=case.api_latency_ms,
                             cdn_latency_ms=args.cdn_latency_ms, image_kb=tuple(args.image_kb), adaptive=True,
-                            emulator_flags=case.flags)
+                            emulator_flags=(*case.flags, *seed_flags))
         workdir = Path(tempfile.mkdtemp(prefix="bench-ratelimit-"))
         load = os.getloadavg()[0]
         try:
@@ -601,6 +602,8 @@ def main() -> int:
     parser.add_argument("--matrix", action="store_true",
                         help="run the rate-limit matrix (limit shapes, limit not given); one PNG per case")
     parser.add_argument("--cases", default=None, help="with --matrix: comma list of substrings of case names")
+    parser.add_argument("--fault-seed", type=int, default=None,
+                        help="with --matrix: the emulator's fault seed (its random 429s are one fixed draw otherwise)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="default: bench/results/throughput-<time>.json")
     args, importer_args = parser.parse_known_args()
