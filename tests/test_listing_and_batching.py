@@ -7,10 +7,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.batch_images import BatchImages, shard_of
+from transforms.batch_step import ThrottlingReport
 from transforms.clients.listing import ListingSpec
 from transforms.clients.resources import RoboflowConfig
+from transforms.clients.roboflow import SearchPage
 from transforms.core.secrets import SecretRef
-from transforms.list_images import ListImageIdsFn, needs_token_walk
+from transforms.list_images import DISTINCT_IDS, LOST_PAGES, CompleteListingFn, ListImageIdsFn, needs_token_walk
 
 CONFIG = RoboflowConfig("http://127.0.0.1:9", SecretRef(env_var="UNUSED_KEY"))
 
@@ -36,6 +38,33 @@ def test_offset_listing_splits_pages_for_parallel_reads():
 def test_auto_listing_walks_only_when_the_pages_came_back_short(distinct_ids, lost_pages, mode, walk):
     spec = ListingSpec("ws", "proj", total=1000, mode=mode)
     assert needs_token_walk(spec, distinct_ids, lost_pages) is walk
+
+
+class WalkingClient:
+    """A Roboflow client whose token walk is one page of one image; it counts the pages asked for."""
+
+    def __init__(self):
+        self.pages = 0
+
+    def search_v1_page(self, workspace, query, *, page_size, token=None):
+        self.pages += 1
+        return SearchPage(["walked"], 1)
+
+
+@pytest.mark.parametrize(("tallies", "walks"), [
+    ({DISTINCT_IDS: 1000}, 0),  # every counted image paged, no page lost: the combine has no lost_pages key
+    ({DISTINCT_IDS: 999}, 1),
+    ({DISTINCT_IDS: 1000, LOST_PAGES: 1}, 1),
+    ({}, 1),  # no page came back with an image
+])
+def test_the_listings_tallies_decide_the_completing_walk(tallies, walks):
+    """The pages' counts reach ``CompleteListingFn`` as one side input (a dict of tallies, keys only for
+    what was counted), not two Count.Globally singletons, which cost the runner two more stages."""
+    fn = CompleteListingFn(CONFIG)
+    fn._client, fn._throttling = WalkingClient(), ThrottlingReport()
+    images = list(fn.process(ListingSpec("ws", "proj", total=1000, mode="auto"), tallies))
+    assert fn._client.pages == walks
+    assert [image.image_id for image in images] == ["walked"] * walks
 
 
 def test_token_listing_is_one_unclaimed_unit():

@@ -125,6 +125,9 @@ def walk_tokens(client: RoboflowClient, spec: ListingSpec, throttling: Throttlin
         token = result.continuation_token
 
 
+DISTINCT_IDS, LOST_PAGES = "distinct_ids", "lost_pages"  # the listing's tallies, keys of one side input
+
+
 class CompleteListingFn(LeasingDoFn):
     """``auto`` listing: a token walk when the parallel offset pages came back short, else nothing."""
 
@@ -136,8 +139,8 @@ class CompleteListingFn(LeasingDoFn):
         self._client = self.lease(roboflow_client(self.roboflow))
         self._throttling = ThrottlingReport()
 
-    def process(self, spec: ListingSpec, distinct_ids: int, lost_pages: int):
-        if not needs_token_walk(spec, distinct_ids, lost_pages):
+    def process(self, spec: ListingSpec, tallies: dict[str, int]):
+        if not needs_token_walk(spec, tallies.get(DISTINCT_IDS, 0), tallies.get(LOST_PAGES, 0)):
             return
         count("list_completing_walks")
         yield from walk_tokens(self._client, spec, self._throttling, self.context)
@@ -175,13 +178,19 @@ class ListImages(beam.PTransform):
         listed = specs | "ReadPages" >> beam.ParDo(ListImageIdsFn(self.roboflow, self.context)).with_outputs(
             DEAD_LETTER, LOST_PAGE, main="ok")
         paged = listed.ok | "Distinct" >> DistinctImages()
+        # Both counts in one combine, a dict side input: as two Count.Globally singletons they made the
+        # FnApiRunner run 11 stages before the details instead of 9, and reach them 0.4 s later (2.57 s
+        # against 2.19 s after the run's start line, three paired runs of 2,000 images).
+        tallies = (
+            (paged | "TallyPaged" >> beam.Map(lambda _: (DISTINCT_IDS, 1)),
+             listed[LOST_PAGE] | "TallyLost" >> beam.Map(lambda _: (LOST_PAGES, 1)))
+            | "Tallies" >> beam.Flatten()
+            | "CountTallies" >> beam.CombinePerKey(sum)
+        )
         completed = (
             specs
-            | "CompleteListing" >> beam.ParDo(
-                CompleteListingFn(self.roboflow, self.context),
-                distinct_ids=beam.pvalue.AsSingleton(paged | "CountPaged" >> beam.combiners.Count.Globally()),
-                lost_pages=beam.pvalue.AsSingleton(listed[LOST_PAGE] | "CountLost" >> beam.combiners.Count.Globally()),
-            ).with_outputs(DEAD_LETTER, main="ok")
+            | "CompleteListing" >> beam.ParDo(CompleteListingFn(self.roboflow, self.context),
+                                              tallies=beam.pvalue.AsDict(tallies)).with_outputs(DEAD_LETTER, main="ok")
         )
         distinct = (
             (paged, completed.ok)
