@@ -42,6 +42,14 @@ SHAPES = {
 }
 
 
+def limited_from(timeline: list[dict], start: float, after_what: str) -> tuple[int, int]:
+    """The calls the emulator's limit answered 429, and all its calls, from ``start`` (the timeline's seconds)."""
+    after = [s for s in timeline if s["t"] >= start]
+    limited, calls = sum(s["limited"] for s in after), sum(s["passed"] + s["limited"] for s in after)
+    print(f"from 3 s after {after_what}: {limited} of {calls} calls answered 429")
+    return limited, calls
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator, target, tmp_path, monkeypatch,
                                                                shape):
@@ -56,21 +64,15 @@ def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator,
     print(f"{shape}: {share_429(emu):.1%} of API calls answered 429 by the limit")
     if shape == "drop_after_n_calls":  # one round of 429s tells the limit dropped; 3 s later they are rare
         timeline = emu.timeline()
-        change = next(s["t"] for s in timeline if s["limit"] == 20)
-        after = [s for s in timeline if s["t"] >= change + 3]
-        print(f"from 3 s after the drop: {sum(s['limited'] for s in after)} of "
-              f"{sum(s['passed'] + s['limited'] for s in after)} calls answered 429")
-        assert sum(s["limited"] for s in after) <= 0.1 * sum(s["passed"] + s["limited"] for s in after), timeline
+        limited, calls = limited_from(timeline, next(s["t"] for s in timeline if s["limit"] == 20) + 3, "the drop")
+        assert limited <= 0.1 * calls, timeline
         assert share_429(emu) <= 0.3
     elif shape == "four_processes_one_key":
         # Four slow starts from 20/s each meet on a 40/s key: their first round is half 429s, a fixed cost that
         # weighs 10-13 % of a run this small (3.9 % over 2,000 images in the benchmark). From 3 s later, few.
         timeline = emu.timeline()
-        first = next(s["t"] for s in timeline if s["limited"])
-        after = [s for s in timeline if s["t"] >= first + 3]
-        print(f"from 3 s after the first 429: {sum(s['limited'] for s in after)} of "
-              f"{sum(s['passed'] + s['limited'] for s in after)} calls answered 429")
-        assert sum(s["limited"] for s in after) <= 0.08 * sum(s["passed"] + s["limited"] for s in after), timeline
+        limited, calls = limited_from(timeline, next(s["t"] for s in timeline if s["limited"]) + 3, "the first 429")
+        assert limited <= 0.08 * calls, timeline
         assert share_429(emu) <= 0.2, emu.counters()
     else:
         assert share_429(emu) <= 0.12, emu.counters()  # the old controller wasted ~40 % at full size

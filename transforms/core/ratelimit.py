@@ -87,6 +87,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,15 @@ def _same_share(share: float, n: int, before: float, before_n: int) -> bool:
     # 10 % noise as 20 % one time in ten.
     low = before - math.sqrt(before * (1.0 - before) / before_n)
     return abs(share - before) <= chance and share >= 0.6 * low
+
+
+class _Cut(NamedTuple):
+    """What the round before a cut (or trim) showed, for the experiment that tells a limit from random 429s."""
+    rate: float  # the rate before the episode's first cut, restored if the 429s were random
+    share: float  # of 429s
+    answers: int  # the share was measured on
+    tries: int  # second cuts tried
+    passed: float  # calls/s the gateway let through, by the cut's measure
 
 
 def _log_odds(throttled: int, n: int, share: float, other: float) -> float:
@@ -286,8 +296,7 @@ class AdaptiveRateLimiter:
         self._creeping = 0  # clean rounds spent creeping around it since
         self._slow_start = rate is None  # a known limit is where we start; an unknown one is searched for
         self._step = max_step if self._slow_start else first_step
-        # Before the last cut: (rate, share of 429s, answers it was measured on, second cuts tried, calls/s let through)
-        self._last_cut: tuple[float, float, int, int, float] | None = None
+        self._last_cut: _Cut | None = None  # before the last cut
         self._epoch = 0
         self._new_round(now)
         self.throttle_events = 0
@@ -393,8 +402,8 @@ class AdaptiveRateLimiter:
         last_cut = self._last_cut
         odds = 0.0  # for the share the 429s had before the last cut, against the few the limit it measured predicts
         if last_cut is not None:
-            predicted = max(0.02, self.floor, 1.0 - last_cut[4] / self.rate)  # 0.02: a pacing's own collisions
-            odds = _log_odds(self._throttled, n, last_cut[1], predicted)
+            predicted = max(0.02, self.floor, 1.0 - last_cut.passed / self.rate)  # 0.02: a pacing's own collisions
+            odds = _log_odds(self._throttled, n, last_cut.share, predicted)
         if last_cut is not None and share - self.floor > 2.0 * sigma and elapsed < self.max_round \
                 and abs(odds) < math.log(self.decisive_odds):
             # Neither verdict clear yet: count on. Judged on 49 answers, an unlucky 3 of them under 10 % noise
@@ -402,22 +411,21 @@ class AdaptiveRateLimiter:
             return
         self._last_cut = None
         if last_cut is not None and share - self.floor > 2.0 * sigma and odds > 0 \
-                and _same_share(share, n, *last_cut[1:3]):
+                and _same_share(share, n, last_cut.share, last_cut.answers):
             # Cutting the rate did not change the share of 429s. Once, that can be a gateway's big bucket
             # draining (it hid part of the excess before the cut); twice, the 429s do not depend on our
             # rate (a flaky proxy, random gateway faults). Against a real limit the share falls, to what the
             # limit the cut measured predicts: a share closer to that is no verdict of noise, though within
             # chance of the one before (a 1 s bucket drained under a slow start read 0.29, 0.45 and 0.24).
-            before, before_share, before_n, tries, _passed = last_cut
-            if tries == 0:
-                self._last_cut = (before, (share * n + before_share * before_n) / (n + before_n), n + before_n, 1,
-                                  self.rate * (1.0 - share))
+            throttled, answers = share * n + last_cut.share * last_cut.answers, n + last_cut.answers
+            if last_cut.tries == 0:
+                self._last_cut = _Cut(last_cut.rate, throttled / answers, answers, 1, self.rate * (1.0 - share))
                 self._set_rate(self.rate * max(0.5, 1.0 - (share - self.floor)), now)
             else:
-                self._learn_floor(share * n + before_share * before_n, n + before_n)
+                self._learn_floor(throttled, answers)
                 # No limit was found, only noise: search from the restored rate as at the start.
                 self._slow_start, self._step, self._known_limit = True, self.max_step, None
-                self._set_rate(before, now)
+                self._set_rate(last_cut.rate, now)
             return
         excess = share - self.floor
         if excess > threshold:
@@ -428,7 +436,7 @@ class AdaptiveRateLimiter:
             # their requests. Both read low when the round's sends were uneven; the larger is the better.
             limit = max(sent_rate * (1.0 - share), self._accepted / elapsed) / (1.0 - self.floor)
             if last_cut is None:  # a new episode is an experiment; a cut after a cut (429s that followed the rate) not
-                self._last_cut = (self.rate, share, n, 0, limit * (1.0 - self.floor))
+                self._last_cut = _Cut(self.rate, share, n, 0, limit * (1.0 - self.floor))
             self._slow_start = False
             self._step = self.first_step
             # At most ``max_cut`` a round: while 429'd requests sleep out their Retry-After, fewer are sent
@@ -456,7 +464,8 @@ class AdaptiveRateLimiter:
         if self._over and (over or self._probed):
             # Just over the limit (a few 429s) after a probe, or twice running: trim them off, probe gently.
             # A trim is an experiment too: at a low rate, random 429s show as such small excesses only.
-            self._last_cut = (self.rate if last_cut is None else last_cut[0], share, n, 0, self.rate * (1.0 - share))
+            self._last_cut = _Cut(self.rate if last_cut is None else last_cut.rate, share, n, 0,
+                                  self.rate * (1.0 - share))
             self._step = self.first_step
             self._probed = False
             self._set_rate(self.rate * (1.0 - excess), now)
