@@ -63,6 +63,18 @@ def test_the_last_process_on_the_key_takes_it_within_a_few_seconds(seed):
     assert wasted <= 0.05
 
 
+@pytest.mark.parametrize("processes", [2, 4])
+def test_processes_told_of_each_other_converge_to_the_keys_limit_together(processes):
+    """test_ratelimit.py's shared key, on the path a job takes with migration 0008: the beats must not
+    make one process take the others' 429s for random ones."""
+    clients = [Client(latency=0.1, start=1000.0 + i * 0.013) for i in range(processes)]
+    run_beating(clients, with_peers(clients, PeerTable()), Gateway(100), 90)
+    accepted, wasted = tally(clients, 1030, 1090)
+    assert accepted >= 0.9 * 100 and wasted <= 0.05
+    assert all(c.limiter.rate >= 100 / processes / 4 for c in clients)  # nobody starved
+    assert all(c.limiter.floor == 0.0 for c in clients)  # no process took the others' 429s for random ones
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_process_that_wants_less_than_its_part_leaves_the_rest_to_the_others(seed):
     """One process can send only ~5/s (one call in flight at 0.2 s). Over its fair part, the other one
