@@ -137,8 +137,10 @@ def test_progress_callbacks_run_on_the_loop_thread_and_a_raising_one_does_not_st
 
 def test_cancel_half_way_then_rerun_equals_an_uninterrupted_import(roboflow_emulator, target, no_keys_in_env):
     """(3) Cancelling the awaiting task stops the worker; a re-run completes what an uninterrupted run does."""
+    # A key limited to 20 calls/s keeps the second half >= 4 s long, whatever the importer's concurrency:
+    # latency alone did not (CI once saw all 160 written before the cancel reached the worker).
     emu = roboflow_emulator(image_count=160, seed=33, image_kb_max=6,
-                            faults=FaultConfig(api_latency_ms=20, cdn_latency_ms=10))
+                            faults=FaultConfig(api_latency_ms=20, cdn_latency_ms=10, rate_limit_per_s=20))
     half_way = asyncio.Event()
 
     def on_progress(processed, total, message):
@@ -161,7 +163,7 @@ def test_cancel_half_way_then_rerun_equals_an_uninterrupted_import(roboflow_emul
     time.sleep(1.5)  # a worker still running would go on writing
     assert imported_count(target, DATASET) == done_at_cancel and 0 < done_at_cancel < 160
 
-    emu.faults = FaultConfig()  # the latency only made room for the cancel
+    emu.faults = FaultConfig()  # the limit only made room for the cancel
     resumed = asyncio.run(streaming_import_from_roboflow(**platform_call(emu, target)))
     assert resumed.success and resumed.images_skipped >= done_at_cancel - 50
     assert resumed.images_imported + resumed.images_skipped == 160
