@@ -89,7 +89,7 @@ class RatePeers:
         self.beats += 1
         if not leaving and isinstance(answer, dict):
             self.limiter.peers_said(int(answer.get("peers") or 1), float(answer.get("accepted") or 0.0),
-                                    float(answer.get("refused") or 0.0))
+                                    float(answer.get("refused") or 0.0), self.interval)
 
     def _run(self) -> None:
         """Beat at once (a process joining a busy key learns its part before its slow start overshoots),

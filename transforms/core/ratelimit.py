@@ -28,8 +28,12 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   after a second cut, the 429s did not depend on our rate (a flaky proxy, random gateway faults):
   their share becomes the floor and the rate is restored. Against a real limit the share falls after
   a cut, so the limit is not taken for noise (the second cut is there because a gateway's big bucket,
-  draining, can hide the excess for one round). A floor so found is refined by the rounds right after
-  a cut or trim, which run under the limit (rounds at it would teach it the limit's own 429s). Just
+  draining, can hide the excess for one round). But not on a key other processes keep over its
+  limit: one process's cut barely changes what the key is sent. Random 429s come at their share in
+  every stretch of calls, so a stretch of the last minute with decisively fewer (this process's
+  rounds, or the key's beats) bounds the floor (``NoiseBound``): a share over the bound is a limit's.
+  A floor so found is refined by the rounds right after a cut or trim, which run under the limit
+  (rounds at it would teach it the limit's own 429s). Just
   over the floor after a probe up, or twice running, trims the rate by the excess. A share near the
   floor needs enough answers (``precision``) to count as clean. A round after a cut is judged only
   once its answers favour one reading ``decisive_odds`` to one: the share the 429s had, or the few
@@ -86,6 +90,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -171,6 +176,52 @@ def _log_odds(throttled: int, n: int, share: float, other: float) -> float:
         p = min(max(p, 0.005), 0.995)
         return throttled * math.log(p) + (n - throttled) * math.log(1.0 - p)
     return log_likelihood(share) - log_likelihood(other)
+
+
+def wilson_upper(throttled: float, answers: float, z: float) -> float:
+    """The highest share of 429s that ``throttled`` of ``answers`` leave within ``z`` standard errors (Wilson's
+    score bound, which holds at shares near 0 where the normal one does not)."""
+    share, z2 = throttled / answers, z * z
+    spread = z * math.sqrt(share * (1.0 - share) / answers + z2 / (4.0 * answers * answers))
+    return (share + z2 / (2.0 * answers) + spread) / (1.0 + z2 / answers)
+
+
+class NoiseBound:
+    """How high the floor (the share of 429s that do not depend on the rate) can be, from the answers of the
+    last ``memory`` seconds: random 429s come at their share in every stretch of calls, so a stretch with
+    decisively fewer (``z`` standard errors) bounds it. Stretches are runs of consecutive records of one
+    source (this process's rounds, or the key's beats, which overlap those in time).
+
+    Why: on a key shared by processes, one process's experiment cannot tell the others' excess from noise.
+    Its cut changes little of what the key is sent, so its share of 429s stays, and it took that share for
+    random 429s: in a bench trace of four imports on 100/s with no noise at all, all four learned floors of
+    0.06-0.16 within 60 s, and the key's 429s crept from 2-4 % to 10-20 % of its calls. The key's beats had
+    shown whole seconds of 100 calls with none.
+    """
+
+    def __init__(self, memory: float = 60.0, z: float = 4.0):
+        self.memory = memory
+        self.z = z
+        self._records: dict[str, deque[tuple[float, float, float]]] = {}
+
+    def add(self, source: str, now: float, throttled: float, answers: float) -> None:
+        if answers <= 0:
+            return
+        records = self._records.setdefault(source, deque())
+        records.append((now, throttled, answers))
+        while records[0][0] < now - self.memory:
+            records.popleft()
+
+    def bound(self, now: float) -> float:
+        lowest = 1.0
+        for records in self._records.values():
+            recent = [(throttled, answers) for when, throttled, answers in records if when >= now - self.memory]
+            for start in range(len(recent)):
+                throttled = answers = 0.0
+                for more_throttled, more_answers in recent[start:]:
+                    throttled, answers = throttled + more_throttled, answers + more_answers
+                    lowest = min(lowest, wilson_upper(throttled, answers, self.z))
+        return lowest
 
 
 AUTO_MAX_IN_FLIGHT = 64  # Roboflow API calls in flight per process without --concurrency: 100/s at 0.6 s
@@ -292,18 +343,22 @@ class AdaptiveRateLimiter:
         self._floor_n = 0  # answers the floor was measured on (0: no floor found)
         self._over = self._probed = False  # last round: just over the limit; last change: a probe up
         self._lowered = False  # last change: a cut or trim
+        self._answered = 0
         self._known_limit: float | None = None  # the limit the last cut measured
         self._creeping = 0  # clean rounds spent creeping around it since
         self._slow_start = rate is None  # a known limit is where we start; an unknown one is searched for
         self._step = max_step if self._slow_start else first_step
         self._last_cut: _Cut | None = None  # before the last cut
         self._epoch = 0
+        self._noise_bound = NoiseBound()
         self._new_round(now)
         self.throttle_events = 0
         self.successes = 0
         self.sends = 0
 
     def _new_round(self, now: float) -> None:
+        if self._answered:
+            self._bound_floor("process", now, self._throttled, self._answered)
         self._round_start = now
         self._next_check = now + self.window
         self._sent = self._answered = self._throttled = self._accepted = 0
@@ -323,7 +378,13 @@ class AdaptiveRateLimiter:
         """This process's part of what the key lets through, when other processes on it said so."""
         return self._key_rate / self.peers if self._key_rate and self._shared else None
 
-    def peers_said(self, peers: int, key_accepted: float, key_refused: float) -> None:
+    def _bound_floor(self, source: str, now: float, throttled: float, answers: float) -> None:
+        """Record a stretch of answers; a floor it shows to be too high comes down to what it allows."""
+        self._noise_bound.add(source, now, throttled, answers)
+        if self.floor > 0.0:
+            self.floor = min(self.floor, self._noise_bound.bound(now))
+
+    def peers_said(self, peers: int, key_accepted: float, key_refused: float, seconds: float = 2.0) -> None:
         """A beat of the processes sending on this key (rate_peers.py): how many send now, and how many
         calls per second the key answered and refused (429) them.
 
@@ -335,6 +396,7 @@ class AdaptiveRateLimiter:
         peers = max(1, int(peers))
         with self._lock:
             now = self._clock()
+            self._bound_floor("key", now, key_refused * seconds, (key_accepted + key_refused) * seconds)
             before, self.peers = self.peers, peers
             self._shared = self._shared or peers > 1
             if self.job_rate is not None and self.max_rate is not None:
@@ -421,12 +483,15 @@ class AdaptiveRateLimiter:
             if last_cut.tries == 0:
                 self._last_cut = _Cut(last_cut.rate, throttled / answers, answers, 1, self.rate * (1.0 - share))
                 self._set_rate(self.rate * max(0.5, 1.0 - (share - self.floor)), now)
-            else:
+                return
+            if throttled / answers <= self._noise_bound.bound(now):
                 self._learn_floor(throttled, answers)
                 # No limit was found, only noise: search from the restored rate as at the start.
                 self._slow_start, self._step, self._known_limit = True, self.max_step, None
                 self._set_rate(last_cut.rate, now)
-            return
+                return
+            # A stretch of answers lately had decisively fewer 429s: they come with the rate after all (on a
+            # shared key, the others' excess, which this process's cuts barely change). Slow down, as for a limit.
         excess = share - self.floor
         if excess > threshold:
             # Over the limit. The gateway let (1 - share) of what we sent through, less the floor's random
