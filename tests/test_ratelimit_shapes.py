@@ -39,14 +39,17 @@ SHAPES = {
                               ("--direct_running_mode=multi_processing", "--direct_num_workers=2")),
     "four_processes_one_key": (FaultConfig(rate_limit_per_s=40),
                                ("--direct_running_mode=multi_processing", "--direct_num_workers=4")),
+    "four_processes_one_key_drop": (FaultConfig(rate_limit_per_s=40, rate_limit_change_per_s=20,
+                                                rate_limit_change_after_calls=100),
+                                    ("--direct_running_mode=multi_processing", "--direct_num_workers=4")),
 }
 
 
-def limited_from(timeline: list[dict], start: float, after_what: str) -> tuple[int, int]:
+def limited_from(timeline: list[dict], start: float, since: str) -> tuple[int, int]:
     """The calls the emulator's limit answered 429, and all its calls, from ``start`` (the timeline's seconds)."""
     after = [s for s in timeline if s["t"] >= start]
     limited, calls = sum(s["limited"] for s in after), sum(s["passed"] + s["limited"] for s in after)
-    print(f"from 3 s after {after_what}: {limited} of {calls} calls answered 429")
+    print(f"from {since}: {limited} of {calls} calls answered 429")
     return limited, calls
 
 
@@ -56,7 +59,7 @@ def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator,
     faults, extra = SHAPES[shape]
     # After the drop, enough calls to judge a share: with 160 images about 70 came after the settling
     # time, and one 429 more or less decided the test (it failed once in a full suite, 7 of 73).
-    images = 2 * IMAGES if shape == "drop_after_n_calls" else IMAGES
+    images = 2 * IMAGES if "drop" in shape else IMAGES
     emu = roboflow_emulator(image_count=images, seed=12, faults=faults)
     code, summary, letters = run_import(emu, target, tmp_path, DATASET, *extra, monkeypatch=monkeypatch)
     assert (code, summary["failed"], letters) == (0, 0, [])
@@ -64,14 +67,26 @@ def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator,
     print(f"{shape}: {share_429(emu):.1%} of API calls answered 429 by the limit")
     if shape == "drop_after_n_calls":  # one round of 429s tells the limit dropped; 3 s later they are rare
         timeline = emu.timeline()
-        limited, calls = limited_from(timeline, next(s["t"] for s in timeline if s["limit"] == 20) + 3, "the drop")
+        drop = next(s["t"] for s in timeline if s["limit"] == 20)
+        limited, calls = limited_from(timeline, drop + 3, "3 s after the drop")
         assert limited <= 0.1 * calls, timeline
         assert share_429(emu) <= 0.3
+    elif shape == "four_processes_one_key_drop":
+        # The issue's target is <= 5 % 429s within 10 s of the drop; measured 0-2 of 88-96 calls in three runs.
+        # 10 %, as four processes on 20/s meet a 2-token bucket, whose collisions no controller removes
+        # (bench/collisions.py: 7-13 % at 0.6-0.7 of it). Over the run 22-26 %: four slow starts meet on the
+        # 40/s key, and the drop's first seconds, in a run this small.
+        timeline = emu.timeline()
+        drop = next(s["t"] for s in timeline if s["limit"] == 20)
+        limited, calls = limited_from(timeline, drop + 10, "10 s after the drop")
+        assert calls >= 40 and limited <= 0.1 * calls, timeline
+        assert share_429(emu) <= 0.4, emu.counters()
     elif shape == "four_processes_one_key":
         # Four slow starts from 20/s each meet on a 40/s key: their first round is half 429s, a fixed cost that
         # weighs 10-13 % of a run this small (3.9 % over 2,000 images in the benchmark). From 3 s later, few.
         timeline = emu.timeline()
-        limited, calls = limited_from(timeline, next(s["t"] for s in timeline if s["limited"]) + 3, "the first 429")
+        first = next(s["t"] for s in timeline if s["limited"])
+        limited, calls = limited_from(timeline, first + 3, "3 s after the first 429")
         assert limited <= 0.08 * calls, timeline
         assert share_429(emu) <= 0.2, emu.counters()
     else:
