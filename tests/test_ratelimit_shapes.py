@@ -72,7 +72,7 @@ def test_an_unknown_limit_loses_no_image_and_wastes_few_calls(roboflow_emulator,
         assert limited <= 0.1 * calls, timeline
         assert share_429(emu) <= 0.3
     elif shape == "four_processes_one_key_drop":
-        # The target is <= 5 % 429s within 10 s of the drop; measured 0-2 of 88-96 calls in three runs.
+        # The target is <= 5 % 429s within 10 s of the drop; measured 0-5 of 88-114 calls in four runs.
         # 10 %, as four processes on 20/s meet a 2-token bucket, whose collisions no controller removes
         # (bench/collisions.py: 7-13 % at 0.6-0.7 of it). Over the run 22-26 %: four slow starts meet on the
         # 40/s key, and the drop's first seconds, in a run this small.

@@ -238,7 +238,7 @@ def answer_a_round(limiter: AdaptiveRateLimiter, t: FakeTime, answers: int, thro
 def test_a_process_does_not_take_the_others_excess_for_random_429s_when_the_key_has_been_clean(
         key_refused, floor_learned):
     """A bench trace of four imports on 100/s, no noise: a process's two cuts barely changed what the key was
-    sent, its share of 429s stayed at 10 %, and it learned that as random; all four did, and the key's 429s
+    sent, its share of 429s stayed at 10-20 %, and it learned that as random; all four did, and the key's 429s
     crept to 10-20 %. Random 429s would have shown in the beats' 200 calls too: a key that answered them all
     says these come with the rate, and the process slows down. Through a key as noisy as it, it learns them."""
     t = FakeTime()

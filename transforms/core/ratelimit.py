@@ -33,11 +33,11 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   every stretch of calls, so a stretch of the last minute with decisively fewer (this process's
   rounds, or the key's beats) bounds the floor (``NoiseBound``): a share over the bound is a limit's.
   A floor so found is refined by the rounds right after a cut or trim, which run under the limit
-  (rounds at it would teach it the limit's own 429s). Just
-  over the floor after a probe up, or twice running, trims the rate by the excess. A share near the
-  floor needs enough answers (``precision``) to count as clean. A round after a cut is judged only
-  once its answers favour one reading ``decisive_odds`` to one: the share the 429s had, or the few
-  that the limit the cut measured predicts at the new rate. Judged at 49 answers, an unlucky round
+  (rounds at it would teach it the limit's own 429s). Just over the floor after a probe up, or twice
+  running, trims the rate by the excess. A share near the floor needs enough answers (``precision``)
+  to count as clean. A round after a cut is judged only once its answers favour one reading
+  ``decisive_odds`` to one: the share the 429s had, or the few that the limit the cut measured
+  predicts at the new rate. Judged at 49 answers, an unlucky round
   under 10 % noise read as a limit, and cut after cut held one of 24 simulated draws at 0.08 of the
   limit; counting on, their mean went from 0.93 to 0.97 and the lowest to 0.65. The verdict of noise
   needs both: a share within chance of the one before (taken at its low end, since the first round's
@@ -195,7 +195,7 @@ class NoiseBound:
     Why: on a key shared by processes, one process's experiment cannot tell the others' excess from noise.
     Its cut changes little of what the key is sent, so its share of 429s stays, and it took that share for
     random 429s: in a bench trace of four imports on 100/s with no noise at all, all four learned floors of
-    0.06-0.16 within 60 s, and the key's 429s crept from 2-4 % to 10-20 % of its calls. The key's beats had
+    0.06-0.16 in the first 65 s, and the key's 429s crept from 2-4 % to 10-20 % of its calls. The key's beats had
     shown whole seconds of 100 calls with none.
     """
 
