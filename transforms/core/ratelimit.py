@@ -505,7 +505,10 @@ class AdaptiveRateLimiter:
             sent_rate = min(self.rate, self._sent / elapsed) if self._sent else self.rate
             # Or, read straight off the gateway: the answers it let through this round, whatever rate paced
             # their requests. Both read low when the round's sends were uneven; the larger is the better.
-            limit = max(sent_rate * (1.0 - share), self._accepted / elapsed) / (1.0 - self.floor)
+            def limit_at(refused: float) -> float:  # the limit if ``refused`` of the round's calls were 429'd
+                return max(sent_rate * (1.0 - refused), self._accepted / elapsed) / (1.0 - self.floor)
+
+            limit = limit_at(share)
             if last_cut is None:  # a new episode is an experiment; a cut after a cut (429s that followed the rate) not
                 self._last_cut = _Cut(self.rate, share, n, 0, limit * (1.0 - self.floor))
             self._slow_start = False
@@ -523,8 +526,7 @@ class AdaptiveRateLimiter:
             cap = (1.0 - self.max_cut) * self.rate
             if not self._shared and self._sent >= self.kept_up * self.rate * elapsed:
                 fewest = 1.0 - wilson_upper(n - self._throttled, n, self.cut_z)
-                cap = min(cap, max(sent_rate * (1.0 - fewest), self._accepted / elapsed) / (1.0 - self.floor)
-                          * (1.0 - self.margin))
+                cap = min(cap, limit_at(fewest) * (1.0 - self.margin))
             cut_to = min(self.rate, max(cap, limit * (1.0 - self.margin)))
             self._set_rate(cut_to, now)
             self._tokens = min(self._tokens, 0.0)
