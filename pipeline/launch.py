@@ -18,7 +18,10 @@ process starts and what it keeps without migration 0008: it never exceeds the li
 autoscaler does, but while the autoscaler runs fewer workers than ``--max_num_workers`` the job stays
 below it. With the beats, a new process starts at the static split and announces itself at once; the
 others lower their part at their next beat and a part grows only when two beats agree, so the job can
-exceed its limit by one static part for at most a beat (2 s); 429s are waited out.
+exceed its limit by one static part for at most a beat (2 s); 429s are waited out. With migration 0009,
+processes at a few calls a second each take turns on the wall clock (``transforms/core/ratelimit.py``),
+which takes the workers' clocks to agree to a few milliseconds: inferred from their VMs keeping NTP
+time, not measured (nothing here reaches Dataflow).
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ select 'trigger', tgrelid::regclass::text || '.' || tgname, pg_get_triggerdef(oi
 union all
 select 'index', indexname, indexdef from pg_indexes where schemaname = 'public'
 union all
-select 'function', p.proname, md5(p.prosrc) from pg_proc p where p.pronamespace = 'public'::regnamespace
+select 'function', p.oid::regprocedure::text, md5(p.prosrc) from pg_proc p  -- with its arguments: overloads
+ where p.pronamespace = 'public'::regnamespace
 order by 1, 2
 """
 

@@ -1,5 +1,5 @@
-"""Migration 0008's beat, run by PostgreSQL through PostgREST and the importer's own client, and an
-import that beats on its key (transforms/clients/rate_peers.py)."""
+"""Migrations 0008's and 0009's beats, run by PostgreSQL through PostgREST and the importer's own client, and
+an import that beats on its key (transforms/clients/rate_peers.py)."""
 
 from __future__ import annotations
 
@@ -28,14 +28,33 @@ def beat(client: SupabaseClient, peer: str, sent: float, accepted: float, key: s
                                       "p_refused": sent - accepted, "p_live_s": 6.0})
 
 
+def turn_beat(client: SupabaseClient, peer: str, sent: float, turn: bool) -> dict:
+    return client.rpc(BEAT_FUNCTION, {"p_key": "k1", "p_peer": peer, "p_sent": sent, "p_accepted": sent,
+                                      "p_refused": 0.0, "p_live_s": 6.0, "p_turn": turn})
+
+
 def test_the_beat_counts_the_processes_that_send_on_the_key_and_what_it_answered_them(client):
-    assert client.rpc("od_import_schema_version", {}) == 8
+    assert client.rpc("od_import_schema_version", {}) == 9
     assert beat(client, "a", 10.0, 9.0) == {"peers": 1, "accepted": 9.0, "refused": 1.0}
     assert beat(client, "b", 20.0, 18.0) == {"peers": 2, "accepted": 27.0, "refused": 3.0}
     assert beat(client, "c", 5.0, 5.0, key="k2") == {"peers": 1, "accepted": 5.0, "refused": 0.0}  # another key
     assert beat(client, "a", 12.0, 12.0) == {"peers": 2, "accepted": 30.0, "refused": 2.0}  # a beat replaces the last
     assert beat(client, "b", 0.0, 0.0) == {"peers": 2, "accepted": 12.0, "refused": 0.0}  # b left: counts only itself
     assert beat(client, "a", 12.0, 12.0) == {"peers": 1, "accepted": 12.0, "refused": 0.0}
+
+
+def test_the_processes_that_ask_take_turns_in_the_order_of_their_names(client):
+    """0009's beat; 0008's (above, as older importers call it) still answers without turns."""
+    assert turn_beat(client, "b", 10.0, True) == {"peers": 1, "accepted": 10.0, "refused": 0.0, "turns": 1, "rank": 0}
+    answer = turn_beat(client, "a", 8.0, True)
+    assert (answer["peers"], answer["turns"], answer["rank"]) == (2, 2, 0)
+    assert turn_beat(client, "b", 10.0, True)["rank"] == 1  # "a" sorts first
+    answer = turn_beat(client, "c", 30.0, False)  # sends, asks for no turn: counted, gets none
+    assert (answer["peers"], answer["turns"], answer["rank"]) == (3, 2, None)
+    answer = turn_beat(client, "a", 0.0, True)  # sent nothing: no peer, no turn
+    assert (answer["peers"], answer["turns"], answer["rank"]) == (3, 1, None)
+    assert turn_beat(client, "b", 10.0, True)["rank"] == 0
+    assert beat(client, "b", 10.0, 10.0) == {"peers": 2, "accepted": 40.0, "refused": 0.0}  # 0008's beat
 
 
 def test_a_process_that_stopped_beating_stops_counting(client, clean_supabase):

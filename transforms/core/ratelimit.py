@@ -71,9 +71,25 @@ finish at different times, and in a trace of four processes the last ones crept 
 round of 3 s (20 answers at 7/s) for 15-40 s. Told by the beats, a process under ``fair_band`` of its
 fair part (what the key answered all of them lately, over their number) goes to it at once (at most
 x2 a round), one still in slow start over it starts from it, and one over it stops growing for a few
-rounds after a cut (not for good: a process may want less than its part). With the job's limit given,
+rounds after a cut (not for good: a process may want less than its part); a beat in which the key refused
+a third of its calls or more (its limit fell) takes a process over its even part of what got through
+there at once (at most half), as a round of its own would, seconds later. With the job's limit given,
 each process takes its part of it among the processes that send, not among as many as the job could
 start.
+
+**Processes on a key of few calls a second take turns** (migration 0009), as TDMA shares a radio channel.
+Each pacing its own part, their calls meet at the gateway by chance, and a bucket that holds two calls
+(20/s with a 0.1 s burst) refused 8-17 % of four processes' calls at 0.6-0.9 of its limit
+(``bench/collisions.py``); their controllers took that for the limit, and four processes held 0.71 of a
+limit dropped to 20/s with 9 % 429s (bench matrix). A process that asks (``rate_peers.py``) gets its rank
+among those that did and sends only in its turn of each ``frame_seconds`` of the wall clock (one turn per
+process, in rank order), at its rate times their number: the gateway sees one paced process at a time
+(0-0.1 % refused, the same draws). Its time then runs in its turns (:meth:`_now`): the bucket, its
+reservations and a round's rates are in the time it may send, so a round that spans two turns reads as
+one that spans one. Turns cost what a process does not send in its own, which no other may use, so it
+asks only while its rate is small (``rate_peers.py``). The wall clocks of processes on several machines
+are taken to agree to a few milliseconds (inferred for Dataflow, whose VMs keep NTP time; not measured):
+a turn off by that much overlaps the next by a call or two, which a bucket of two absorbs.
 
 ``Retry-After`` is honoured by the retry of the request that got it, with jitter (``retry.py``);
 the bucket then paces the returning requests, so no herd returns at once and nobody freezes the
@@ -231,7 +247,8 @@ AUTO_MAX_IN_FLIGHT = 64  # Roboflow API calls in flight per process without --co
 
 class LittleGate:
     """At most as many API calls in flight as Little's law asks for the limiter's rate and the latency
-    measured (``rate x latency x headroom``, plus a few), between ``lower`` and ``upper``.
+    measured (``rate x latency x headroom``, plus a few), between ``lower`` and ``upper``. In turns the
+    rate is the one requests leave at in this process's turn (:attr:`AdaptiveRateLimiter.send_rate`).
 
     A fixed number is wrong for some latency: 20 in flight reach 100/s only while Roboflow answers
     within 0.2 s. Headroom keeps the gate from being what holds the rate back (only the limiter's bucket
@@ -256,7 +273,7 @@ class LittleGate:
     def limit(self) -> int:
         if self.latency is None:
             return self.lower
-        wanted = math.ceil(self.limiter.rate * self.latency * self.headroom) + 2
+        wanted = math.ceil(self.limiter.send_rate * self.latency * self.headroom) + 2
         return max(self.lower, min(self.upper, wanted))
 
     def __enter__(self) -> LittleGate:
@@ -307,8 +324,11 @@ class AdaptiveRateLimiter:
         fair_band: float = 0.9,
         start_grace: float = 10.0,
         key_memory: float = 0.98,
+        key_cut: float = 1.0 / 3.0,
+        frame_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
     ):
         self.max_rate = rate
         self.job_rate = job_rate if rate is not None else None  # the whole job's limit, shared by the peers
@@ -316,6 +336,7 @@ class AdaptiveRateLimiter:
         self.start_grace = start_grace
         self.fair_band = fair_band
         self.key_memory = key_memory
+        self.key_cut = key_cut
         self.peers = 1  # processes sending on this key, as the last beat said (rate_peers.py)
         self._key_rate = 0.0  # what the key answers all of them when full: its limit, as the beats measured it
         self._shared = False  # another process sent on the key (a process alone knows all it needs)
@@ -339,9 +360,14 @@ class AdaptiveRateLimiter:
         self.reserve_ahead = reserve_ahead
         self._clock = clock
         self._sleep = sleep
+        self._wall = wall
+        self.frame_seconds = frame_seconds
+        self._turn: tuple[int, int] | None = None  # (rank, processes taking turns) on a shared key
         self._lock = threading.Lock()
         self._local = threading.local()
         now = clock()
+        self._time = now  # the limiter's time (:meth:`_now`), which never goes back
+        self._behind = self._shift = 0.0
         self._born = now
         self._tokens = 1.0
         self._last = now
@@ -361,6 +387,7 @@ class AdaptiveRateLimiter:
         self.throttle_events = 0
         self.successes = 0
         self.sends = 0
+        self.unused = 0.0
 
     def _new_round(self, now: float) -> None:
         if self._answered:
@@ -377,7 +404,9 @@ class AdaptiveRateLimiter:
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._last)
         self._last = now
-        self._tokens = min(self.capacity, self._tokens + elapsed * self.rate)
+        tokens = self._tokens + elapsed * self.rate
+        self.unused += max(0.0, tokens - self.capacity)  # sends the rate allowed and nobody asked for
+        self._tokens = min(self.capacity, tokens)
 
     @property
     def fair_share(self) -> float | None:
@@ -390,7 +419,8 @@ class AdaptiveRateLimiter:
         if self.floor > 0.0:
             self.floor = min(self.floor, self._noise_bound.bound(now))
 
-    def peers_said(self, peers: int, key_accepted: float, key_refused: float, seconds: float = 2.0) -> None:
+    def peers_said(self, peers: int, key_accepted: float, key_refused: float, seconds: float = 2.0, *,
+                   rank: int | None = None, turns: int = 0) -> None:
         """A beat of the processes sending on this key (rate_peers.py): how many send now, and how many
         calls per second the key answered and refused (429) them.
 
@@ -398,13 +428,25 @@ class AdaptiveRateLimiter:
         among as many as the job could start: the last process of a job or of an autoscaled Dataflow
         pool gets the whole limit. Without it, what the key answered them while it refused some is its
         limit; a process under its fair part of that grows to it within a round or two (:meth:`_decide`),
-        so a process that finished frees its part for the others within seconds."""
+        so a process that finished frees its part for the others within seconds. With ``rank`` (0009's
+        beat, to a process that asked for a turn) and more than one of ``turns``, it sends in its turn."""
         peers = max(1, int(peers))
         with self._lock:
-            now = self._clock()
+            now = self._now()
             self._bound_floor("key", now, key_refused * seconds, (key_accepted + key_refused) * seconds)
             before, self.peers = self.peers, peers
             self._shared = self._shared or peers > 1
+            turn = (rank, turns) if rank is not None and 0 <= rank < turns > 1 else None
+            if turn != self._turn:
+                # New turns: the 429s of requests sent in the old ones (which other processes' turns may have
+                # overlapped while the beats disagreed) say nothing of this process's rate. An experiment in
+                # progress is void: at four processes' start, taking those 429s for random ones set floors of
+                # 0.2 (simulation), and the last process left on the key held 5 % 429s for good.
+                log.debug("turn %s -> %s (rank, processes taking turns)", self._turn, turn)
+                self._take_turn(turn)
+                self._last_cut = None
+                self._epoch += 1
+                self._new_round(now)
             if self.job_rate is not None and self.max_rate is not None:
                 part = self.job_rate / peers
                 # Lower at once, raise when two beats running say so: the others count a process that joined
@@ -434,6 +476,73 @@ class AdaptiveRateLimiter:
                 self._slow_start, self._step = False, self.first_step
                 self._known_limit, self._creeping = fair, 0
                 self._set_rate(fair * (1.0 - self.margin), now)
+                return
+            calls = key_accepted + key_refused
+            part = key_accepted / peers
+            if self._shared and calls and key_refused / calls - self.floor > self.key_cut and self.rate > part:
+                # The key refused a third of its calls or more: its limit fell (or they all probed past it
+                # together). What it let through, over the processes, is this one's part: go there at once (at
+                # most half a beat), as a round of this process's own would, but a round at a few calls a
+                # second takes seconds, and the round after a cut twice as long. Four processes on a limit
+                # that fell from 50 to 20/s sent 30-50/s for 10 s after it (bench, turns without this cut).
+                self._last_cut = None
+                self._slow_start, self._step = False, self.first_step
+                self._known_limit, self._creeping = part, 0
+                self._set_rate(max(part * (1.0 - self.margin), self.rate * (1.0 - self.max_cut)), now)
+                self._tokens = min(self._tokens, 0.0)
+                self._lowered = True
+
+    @property
+    def in_turns(self) -> bool:
+        return self._turn is not None
+
+    @property
+    def send_rate(self) -> float:
+        """How fast requests leave while they do: the rate, or in this process's turns ``processes`` times it."""
+        return self.rate * (self._turn[1] if self._turn else 1)
+
+    def _turn_time(self, wall: float) -> float:
+        """Wall time mapped onto this process's turns: each ``frame_seconds`` of the wall clock (which the
+        processes share) is cut into one turn per process, in rank order. Turn time runs ``processes``
+        times as fast as the wall clock in this process's turn and stands still in the others'."""
+        rank, processes = self._turn
+        k, into = divmod(wall, self.frame_seconds)
+        turn = self.frame_seconds / processes
+        return k * self.frame_seconds + processes * min(max(into - rank * turn, 0.0), turn)
+
+    def _wall_at(self, turn_time: float) -> float:
+        """The wall time at which :meth:`_turn_time` reaches ``turn_time``."""
+        rank, processes = self._turn
+        k, into = divmod(turn_time, self.frame_seconds)
+        return k * self.frame_seconds + (rank * self.frame_seconds + into) / processes
+
+    def _now(self) -> float:
+        """The limiter's time: the clock, or on a key shared in turns, the clock moved by how far this
+        process's turn time is from the wall clock (at most a frame). New turns shift it to go on from where
+        it was; if the wall clock steps back, it stands still until it catches up, and so does the bucket."""
+        now = self._unclamped_now()
+        self._behind = max(0.0, self._time - now)
+        self._time = max(self._time, now)
+        return self._time
+
+    def _unclamped_now(self) -> float:
+        now = self._clock() + self._shift
+        if self._turn is not None:
+            wall = self._wall()
+            now += self._turn_time(wall) - wall
+        return now
+
+    def _take_turn(self, turn: tuple[int, int] | None) -> None:
+        before = self._unclamped_now()
+        self._turn = turn
+        self._shift += before - self._unclamped_now()
+
+    def _clock_wait(self, wait: float) -> float:
+        """Seconds of the clock until the limiter's time (just read) has moved on by ``wait``."""
+        if self._turn is None:
+            return wait + self._behind
+        wall = self._wall()
+        return max(0.0, self._wall_at(self._turn_time(wall) + self._behind + wait) - wall)
 
     def _set_rate(self, rate: float, now: float) -> None:
         """A new rate starts a new epoch: answers to requests reserved before it say nothing about it."""
@@ -521,10 +630,11 @@ class AdaptiveRateLimiter:
             # of 20 answers 429 at 20/s, one process's share of four slow starts on a key, is not deeper than
             # half). Capped at half, a 2 s bucket that drained under a climb to 67/s (a 20/s limit) was cut to
             # 34/s, and the round that judged that cut (53 answers at 150 ms, 2.3 s) had 32 % 429s. Not on a
-            # key other processes share: what got through there depends on what they sent while cutting too,
-            # and deeper cuts took four processes on 50/s from 3.1 to 5.0 % 429s (paired; 5.4 in another run).
+            # key other processes share, but in turns (the gateway sees this process alone in its own): what
+            # got through there depends on what they sent while cutting too, and deeper cuts took four
+            # processes on 50/s from 3.1 to 5.0 % 429s (paired; 5.4 in another run).
             cap = (1.0 - self.max_cut) * self.rate
-            if not self._shared and self._sent >= self.kept_up * self.rate * elapsed:
+            if (not self._shared or self._turn is not None) and self._sent >= self.kept_up * self.rate * elapsed:
                 fewest = 1.0 - wilson_upper(n - self._throttled, n, self.cut_z)
                 cap = min(cap, limit_at(fewest) * (1.0 - self.margin))
             cut_to = min(self.rate, max(cap, limit * (1.0 - self.margin)))
@@ -622,7 +732,7 @@ class AdaptiveRateLimiter:
         waited = 0.0
         while True:
             with self._lock:
-                now = self._clock()
+                now = self._now()
                 self._refill(now)
                 epoch = self._epoch
                 if self._tokens >= 1.0 - 1e-9:
@@ -638,10 +748,12 @@ class AdaptiveRateLimiter:
                         self._tokens -= 1.0
                     else:  # back when a reservation may be free
                         wait = (1.0 - self._tokens - self.rate * self.reserve_ahead) / self.rate
+                wait = self._clock_wait(wait)  # in turns, a token at hand too waits for this process's turn
+                due, late = self._clock() + wait, max(self.burst_seconds, 1.0 / self.send_rate)
             if wait:
                 self._sleep(wait)
                 waited += wait
-                if reserved and self._clock() - (now + wait) > max(self.burst_seconds, 1.0 / self.rate):
+                if reserved and self._clock() - due > late:
                     # Woken later than a gateway's bucket covers: the process stalled (the GIL, a busy CPU),
                     # and every caller whose slot passed meanwhile would send at once. It books a new slot.
                     continue
@@ -651,7 +763,7 @@ class AdaptiveRateLimiter:
         with self._lock:
             self._sent += 1  # every send of the round, whatever rate paced it: what the gateway saw
             self.sends += 1
-            self._decide(self._clock())
+            self._decide(self._now())
         return waited
 
     def _answer(self, throttled: bool) -> None:
@@ -665,7 +777,7 @@ class AdaptiveRateLimiter:
             if epoch == self._epoch:
                 self._answered += 1
                 self._throttled += throttled
-            self._decide(self._clock())
+            self._decide(self._now())
 
     def on_success(self) -> None:
         """The request this thread last acquired for was answered (not 429)."""
