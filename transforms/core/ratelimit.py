@@ -445,8 +445,7 @@ class AdaptiveRateLimiter:
                 log.debug("turn %s -> %s (rank, processes taking turns)", self._turn, turn)
                 self._take_turn(turn)
                 self._last_cut = None
-                self._epoch += 1
-                self._new_round(now)
+                self._new_epoch(now)
             if self.job_rate is not None and self.max_rate is not None:
                 part = self.job_rate / peers
                 # Lower at once, raise when two beats running say so: the others count a process that joined
@@ -486,11 +485,7 @@ class AdaptiveRateLimiter:
                 # second takes seconds, and the round after a cut twice as long. Four processes on a limit
                 # that fell from 50 to 20/s sent 30-50/s for 10 s after it (bench, turns without this cut).
                 self._last_cut = None
-                self._slow_start, self._step = False, self.first_step
-                self._known_limit, self._creeping = part, 0
-                self._set_rate(max(part * (1.0 - self.margin), self.rate * (1.0 - self.max_cut)), now)
-                self._tokens = min(self._tokens, 0.0)
-                self._lowered = True
+                self._cut_to(max(part * (1.0 - self.margin), self.rate * (1.0 - self.max_cut)), part, now)
 
     @property
     def in_turns(self) -> bool:
@@ -544,6 +539,19 @@ class AdaptiveRateLimiter:
         wall = self._wall()
         return max(0.0, self._wall_at(self._turn_time(wall) + self._behind + wait) - wall)
 
+    def _cut_to(self, rate: float, limit: float, now: float) -> None:
+        """Down to ``rate`` for a ``limit`` measured over it: the search is over, growth starts from the first
+        step again, and no token saved at the old rate is spent at the new one."""
+        self._slow_start, self._step = False, self.first_step
+        self._set_rate(rate, now)
+        self._tokens = min(self._tokens, 0.0)
+        self._lowered = True
+        self._known_limit = limit
+
+    def _new_epoch(self, now: float) -> None:
+        self._epoch += 1
+        self._new_round(now)
+
     def _set_rate(self, rate: float, now: float) -> None:
         """A new rate starts a new epoch: answers to requests reserved before it say nothing about it."""
         if rate < self.rate:
@@ -553,8 +561,7 @@ class AdaptiveRateLimiter:
         log.debug("rate %.1f -> %.1f/s after %d answers, %d of them 429, %d sent in %.2f s (floor %.3f)",
                   self.rate, rate, self._answered, self._throttled, self._sent, now - self._round_start, self.floor)
         self.rate = rate
-        self._epoch += 1
-        self._new_round(now)
+        self._new_epoch(now)
 
     def _learn_floor(self, throttled: float, answers: int) -> None:
         """Fold ``throttled`` of ``answers`` into the floor, the recent ``floor_memory`` answers weighing most."""
@@ -620,8 +627,6 @@ class AdaptiveRateLimiter:
             limit = limit_at(share)
             if last_cut is None:  # a new episode is an experiment; a cut after a cut (429s that followed the rate) not
                 self._last_cut = _Cut(self.rate, share, n, 0, limit * (1.0 - self.floor))
-            self._slow_start = False
-            self._step = self.first_step
             # At most ``max_cut`` a round: while 429'd requests sleep out their Retry-After, fewer are sent
             # and the round's measure of the limit reads low; if the limit really fell further, the next
             # round cuts again (a drop from 100/s to 30/s takes two). Deeper when the round's sends kept up
@@ -638,10 +643,7 @@ class AdaptiveRateLimiter:
                 fewest = 1.0 - wilson_upper(n - self._throttled, n, self.cut_z)
                 cap = min(cap, limit_at(fewest) * (1.0 - self.margin))
             cut_to = min(self.rate, max(cap, limit * (1.0 - self.margin)))
-            self._set_rate(cut_to, now)
-            self._tokens = min(self._tokens, 0.0)
-            self._lowered = True
-            self._known_limit = cut_to / (1.0 - self.margin)
+            self._cut_to(cut_to, cut_to / (1.0 - self.margin), now)
             return
         if n < p * (1.0 - p) / self.precision**2 and elapsed < self.max_round and not self._slow_start:
             # Too few answers to tell a small excess from the floor's noise: keep counting. Not in a slow start,
