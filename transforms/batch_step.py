@@ -207,9 +207,11 @@ def letters_for_crash(items: list[Any], step: str, reason: str) -> list[DeadLett
 
 
 def run_batch_step(batches, fn: BatchStepFn):
-    """ParDo with per-image dead letters, plus a backstop that turns a crashed batch into letters."""
+    """ParDo with per-image dead letters, plus a backstop that turns a crashed batch into letters.
+
+    ``DEAD_LETTER`` holds both streams of letters, not one: the pipeline flattens every step's streams
+    once (transforms/dead_letters.py), since each Flatten costs the FnApiRunner a stage of its own."""
     result = batches | beam.ParDo(fn).with_outputs(DEAD_LETTER, main="ok").with_exception_handling(
         dead_letter_tag="crashed")
     crashed = result["crashed"] | "CrashLetters" >> beam.FlatMap(crash_letters, fn.step)
-    dead = (result[DEAD_LETTER], crashed) | "AllDeadLetters" >> beam.Flatten()
-    return {"ok": result["ok"], DEAD_LETTER: dead}
+    return {"ok": result["ok"], DEAD_LETTER: (result[DEAD_LETTER], crashed)}

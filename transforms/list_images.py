@@ -167,7 +167,8 @@ class DistinctImages(beam.PTransform):
 
 
 class ListImages(beam.PTransform):
-    """ListingSpec -> distinct :class:`ListedImage` (``ok``) and lost pages (``dead_letter``)."""
+    """ListingSpec -> distinct :class:`ListedImage` (``ok``) and lost pages (``dead_letter``: the pages' and
+    the completing walk's letters, two streams for the pipeline to flatten with the others)."""
 
     def __init__(self, roboflow: RoboflowConfig, context: ImportContext | None = None):
         super().__init__()
@@ -198,8 +199,7 @@ class ListImages(beam.PTransform):
             | "DistinctAll" >> DistinctImages()
             | "CountListed" >> beam.Map(count_listed)
         )
-        dead = (listed[DEAD_LETTER], completed[DEAD_LETTER]) | "ListingDeadLetters" >> beam.Flatten()
-        return {"ok": distinct, DEAD_LETTER: dead}
+        return {"ok": distinct, DEAD_LETTER: (listed[DEAD_LETTER], completed[DEAD_LETTER])}
 
 
 def count_listed(image: ListedImage) -> ListedImage:

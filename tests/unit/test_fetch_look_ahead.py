@@ -42,7 +42,7 @@ def test_every_batch_comes_out_once_the_last_from_finish_bundle_with_its_dead_le
     with BeamTestPipeline(runner="FnApiRunner") as p:
         out = run_batch_step(p | beam.Create(batches), FakeFetch(ROBOFLOW, CONTEXT, 2))
         assert_that(out["ok"] | "Sorted" >> beam.Map(sorted), equal_to([["A1", "A2"], ["B1"], ["C1", "C3"]]))
-        assert_that(out[DEAD_LETTER] | beam.Map(lambda letter: (letter.image_id, letter.error_type)),
+        assert_that(out[DEAD_LETTER] | beam.Flatten() | beam.Map(lambda letter: (letter.image_id, letter.error_type)),
                     equal_to([("bad_b2", "LookupError"), ("bad_c2", "LookupError")]), label="letters")
 
 
