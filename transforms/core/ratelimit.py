@@ -69,13 +69,13 @@ cut to its own part of what got through keeps the parts they started with: AIMD 
 *additive* increase, ours is multiplicative. Beam splits the work among the processes once, so they
 finish at different times, and in a trace of four processes the last ones crept from 7/s at 2 % a
 round of 3 s (20 answers at 7/s) for 15-40 s. Told by the beats, a process under ``fair_band`` of its
-fair part (what the key answered all of them lately, over their number) goes to it at once (at most
-x2 a round), one still in slow start over it starts from it, and one over it stops growing for a few
-rounds after a cut (not for good: a process may want less than its part); a beat in which the key refused
-a third of its calls or more (its limit fell) takes a process over its even part of what got through
-there at once (at most half), as a round of its own would, seconds later. With the job's limit given,
-each process takes its part of it among the processes that send, not among as many as the job could
-start.
+fair part (what the key answered all of them while it refused some, or let through since if more, over
+their number) goes to it at once (at most x2 a round), one still in slow start over it starts from it,
+and one over it stops growing for a few rounds after a cut (not for good: a process may want less than
+its part); a beat in which the key refused a third of its calls or more (its limit fell) takes a process
+over its even part of what got through there at once (at most half), as a round of its own would,
+seconds later. With the job's limit given, each process takes its part of it among the processes that
+send, not among as many as the job could start.
 
 **Processes on a key of few calls a second take turns** (migration 0009), as TDMA shares a radio channel.
 Each pacing its own part, their calls meet at the gateway by chance, and a bucket that holds two calls
@@ -466,8 +466,11 @@ class AdaptiveRateLimiter:
             # backed off, or one left), the last measure is kept, fading.
             if key_refused > self.tolerance * key_accepted:
                 self._key_rate = max(key_accepted, (key_accepted + self._key_rate) / 2.0)
-            else:
-                self._key_rate *= self.key_memory
+            elif self._key_rate:
+                # With room, what the key let through is still no more than its limit. Fading alone, a measure
+                # taken in four processes' uneven start (32/s of 50) held their parts at 7-10/s while the key
+                # let 36-45/s through, and they crept from there for 20 s (bench trace).
+                self._key_rate = max(self._key_rate * self.key_memory, key_accepted)
             fair = self.fair_share
             if fair is not None and self._slow_start and self.rate > fair:
                 # Still searching while the key is full with the others' calls (this process came late, or all
