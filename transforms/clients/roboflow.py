@@ -211,14 +211,15 @@ class RoboflowClient:
     def _call(self, method: str, url: str, route: str, body: dict | None = None,
               not_found_retries: int = 0) -> dict[str, Any]:
         """One API call with limiter and retries; returns the JSON body of a 2xx answer."""
-        misses = {"n": 0}
+        misses, attempts = {"n": 0}, {"n": 0}
 
         def attempt() -> dict[str, Any]:
             self._check_not_stopped(route)  # also after a back-off: another thread may have met the refusal
             self.stall.attempt()
             if self.stall.stalled():  # the run has stopped: the rest fail at once, not after a wait each
                 raise RateLimited(f"{route}: not sent, the run is stalled on 429s")
-            waited = self.limiter.acquire()
+            waited = self.limiter.acquire(retry=attempts["n"] > 0)  # its batch waits for it: ahead of the rest
+            attempts["n"] += 1
             if waited:
                 count("roboflow.throttled_seconds", waited)
             self.stats.count_call(route)

@@ -365,6 +365,7 @@ class AdaptiveRateLimiter:
         self._turn: tuple[int, int] | None = None  # (rank, processes taking turns) on a shared key
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._queue: deque[threading.Event] = deque()  # callers waiting to reserve, in the order they came
         now = clock()
         self._time = now  # the limiter's time (:meth:`_now`), which never goes back
         self._behind = self._shift = 0.0
@@ -717,15 +718,23 @@ class AdaptiveRateLimiter:
         return (fair is not None and self.peers > 1 and self._known_limit is not None
                 and self.rate > fair / self.fair_band)
 
-    def acquire(self) -> float:
+    def acquire(self, *, retry: bool = False) -> float:
         """Take one token, sleeping as needed. Returns the seconds spent waiting.
+
+        Callers reserve in the order they came (``retry``: ahead of those that have not sent yet). A
+        worker starts a batch's calls while the one before is still under way (``fetch_details.py``);
+        served in any order, the first batch's last calls came after most of the next one's, and the
+        worker, busy handing the first on, had no call waiting: two processes on 50/s left 2-3 calls a
+        second of what their rates allowed unsent (beats of 3,000-image runs). A retry's batch waits for
+        it, so it goes first.
 
         A caller that finds no token reserves the next one (the bucket goes into debt) and sleeps once
         until it is due. Polling instead would wake every waiting thread at every token: with dozens of
-        request threads that herd cost a whole core. Only ``reserve_ahead`` seconds are reserved; a caller
-        beyond that checks back when a slot may be free, so a new rate paces the sends right after it
-        (reserving a whole second ahead kept a cut from showing for that second). The request belongs to
-        the epoch it reserved in, so its answer is judged against the rate it was paced at.
+        request threads that herd cost a whole core. Only ``reserve_ahead`` seconds are reserved; the
+        first caller beyond that checks back when a slot may be free (the others wait their turn to
+        reserve), so a new rate paces the sends right after it (reserving a whole second ahead kept a cut
+        from showing for that second). The request belongs to the epoch it reserved in, so its answer is
+        judged against the rate it was paced at.
 
         A caller that wakes later than a gateway's bucket covers (``burst_seconds``, or one slot at a low
         rate) books a new slot instead of sending: the process stalled (the GIL, a busy CPU), and every
@@ -736,40 +745,70 @@ class AdaptiveRateLimiter:
         """
         waited = 0.0
         while True:
-            with self._lock:
-                now = self._now()
-                self._refill(now)
-                epoch = self._epoch
-                if self._tokens >= 1.0 - 1e-9:
-                    self._tokens -= 1.0
-                    wait, reserved = 0.0, True
-                else:
-                    self._held_back = True
-                    # Reserve only a little ahead: a new rate must pace the sends right after it, or the
-                    # round that judges it measures the sends reserved at the old rate instead.
-                    reserved = -self._tokens < self.rate * self.reserve_ahead
-                    if reserved:
-                        wait = (1.0 - self._tokens) / self.rate
-                        self._tokens -= 1.0
-                    else:  # back when a reservation may be free
-                        wait = (1.0 - self._tokens - self.rate * self.reserve_ahead) / self.rate
-                wait = self._clock_wait(wait)  # in turns, a token at hand too waits for this process's turn
-                due, late = self._clock() + wait, max(self.burst_seconds, 1.0 / self.send_rate)
-            if wait:
-                self._sleep(wait)
-                waited += wait
-                if reserved and self._clock() - due > late:
-                    # Woken later than a gateway's bucket covers: the process stalled (the GIL, a busy CPU),
-                    # and every caller whose slot passed meanwhile would send at once. It books a new slot.
-                    continue
-            if reserved:
+            wait, due, late, epoch, queued = self._reserve(retry)
+            waited += queued
+            if not wait:
                 break
+            self._sleep(wait)
+            waited += wait
+            if self._clock() - due <= late:
+                break
+            # Woken later than a gateway's bucket covers: the process stalled (the GIL, a busy CPU), and every
+            # caller whose slot passed meanwhile would send at once. It books a new slot, ahead of the rest.
+            retry = True
         self._local.epoch = epoch
         with self._lock:
             self._sent += 1  # every send of the round, whatever rate paced it: what the gateway saw
             self.sends += 1
             self._decide(self._now())
         return waited
+
+    def _reserve(self, first: bool) -> tuple[float, float, float, int, float]:
+        """Wait for this caller's turn to reserve, then reserve the next slot: (seconds until it is due,
+        when, how late is too late, the epoch, seconds spent waiting to reserve)."""
+        turn = threading.Event()
+        with self._lock:
+            if first and self._queue:
+                self._queue.insert(1, turn)  # behind the caller reserving now
+            else:
+                self._queue.append(turn)
+            if self._queue[0] is turn:
+                turn.set()
+        queued = 0.0
+        if not turn.is_set():
+            began = self._clock()
+            turn.wait()
+            queued = self._clock() - began
+        try:
+            while True:
+                with self._lock:
+                    now = self._now()
+                    self._refill(now)
+                    epoch = self._epoch
+                    if self._tokens >= 1.0 - 1e-9:
+                        self._tokens -= 1.0
+                        wait, reserved = 0.0, True
+                    else:
+                        self._held_back = True
+                        # Reserve only a little ahead: a new rate must pace the sends right after it, or the
+                        # round that judges it measures the sends reserved at the old rate instead.
+                        reserved = -self._tokens < self.rate * self.reserve_ahead
+                        if reserved:
+                            wait = (1.0 - self._tokens) / self.rate
+                            self._tokens -= 1.0
+                        else:  # back when a reservation may be free
+                            wait = (1.0 - self._tokens - self.rate * self.reserve_ahead) / self.rate
+                    wait = self._clock_wait(wait)  # in turns, a token at hand too waits for this process's turn
+                    due, late = self._clock() + wait, max(self.burst_seconds, 1.0 / self.send_rate)
+                if reserved:
+                    return wait, due, late, epoch, queued
+                self._sleep(wait)
+                queued += wait
+        finally:
+            with self._lock:
+                self._queue.remove(turn)
+                if self._queue:
+                    self._queue[0].set()
 
     def _answer(self, throttled: bool) -> None:
         epoch = getattr(self._local, "epoch", None)
