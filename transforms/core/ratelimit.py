@@ -365,7 +365,7 @@ class AdaptiveRateLimiter:
         self._turn: tuple[int, int] | None = None  # (rank, processes taking turns) on a shared key
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._queue: deque[tuple[threading.Event, bool]] = deque()  # callers waiting to reserve (and retries)
+        self._queue: deque[threading.Event] = deque()  # callers waiting to reserve, in the order they came
         now = clock()
         self._time = now  # the limiter's time (:meth:`_now`), which never goes back
         self._behind = self._shift = 0.0
@@ -768,20 +768,18 @@ class AdaptiveRateLimiter:
         when, how late is too late, the epoch, seconds spent waiting to reserve)."""
         turn = threading.Event()
         with self._lock:
-            at = len(self._queue)
-            if first and self._queue:  # behind the caller reserving now and the retries before this one
-                at = 1
-                while at < len(self._queue) and self._queue[at][1]:
-                    at += 1
-            self._queue.insert(at, (turn, first))
-            if at == 0:
+            if first and self._queue:
+                self._queue.insert(1, turn)  # behind the caller reserving now
+            else:
+                self._queue.append(turn)
+            if self._queue[0] is turn:
                 turn.set()
         queued = 0.0
+        if not turn.is_set():
+            began = self._clock()
+            turn.wait()
+            queued = self._clock() - began
         try:
-            if not turn.is_set():
-                began = self._clock()
-                turn.wait()
-                queued = self._clock() - began
             while True:
                 with self._lock:
                     now = self._now()
@@ -808,9 +806,9 @@ class AdaptiveRateLimiter:
                 queued += wait
         finally:
             with self._lock:
-                self._queue.remove((turn, first))
+                self._queue.remove(turn)
                 if self._queue:
-                    self._queue[0][0].set()
+                    self._queue[0].set()
 
     def _answer(self, throttled: bool) -> None:
         epoch = getattr(self._local, "epoch", None)
