@@ -724,8 +724,8 @@ class AdaptiveRateLimiter:
         Callers reserve in the order they came (``retry``: ahead of those that have not sent yet). A
         worker starts a batch's calls while the one before is still under way (``fetch_details.py``);
         served in any order, the first batch's last calls came after most of the next one's, and the
-        worker, busy handing the first on, had no call waiting: two processes on 50/s left 2-3 calls a
-        second of what their rates allowed unsent (beats of 3,000-image runs). A retry's batch waits for
+        worker, busy handing the first on, had no call waiting: two processes on 50/s left 2.7-3.3 calls
+        a second of what their rates allowed unsent (beats of 3,000-image runs). A retry's batch waits for
         it, so it goes first.
 
         A caller that finds no token reserves the next one (the bucket goes into debt) and sleeps once
@@ -745,7 +745,7 @@ class AdaptiveRateLimiter:
         """
         waited = 0.0
         while True:
-            wait, due, late, epoch, queued = self._reserve(retry)
+            wait, due, late, epoch, queued = self._reserve(ahead=retry)
             waited += queued
             if not wait:
                 break
@@ -763,23 +763,24 @@ class AdaptiveRateLimiter:
             self._decide(self._now())
         return waited
 
-    def _reserve(self, first: bool) -> tuple[float, float, float, int, float]:
-        """Wait for this caller's turn to reserve, then reserve the next slot: (seconds until it is due,
-        when, how late is too late, the epoch, seconds spent waiting to reserve)."""
+    def _reserve(self, *, ahead: bool) -> tuple[float, float, float, int, float]:
+        """Wait for this caller's turn to reserve (``ahead``: right behind the caller reserving now), then
+        reserve the next slot: (seconds until it is due, when, how late is too late, the epoch, seconds spent
+        waiting to reserve). A caller stopped while it waits leaves the queue, or everyone behind it would wait."""
         turn = threading.Event()
         with self._lock:
-            if first and self._queue:
+            if ahead and self._queue:
                 self._queue.insert(1, turn)  # behind the caller reserving now
             else:
                 self._queue.append(turn)
             if self._queue[0] is turn:
                 turn.set()
         queued = 0.0
-        if not turn.is_set():
-            began = self._clock()
-            turn.wait()
-            queued = self._clock() - began
         try:
+            if not turn.is_set():
+                began = self._clock()
+                turn.wait()
+                queued = self._clock() - began
             while True:
                 with self._lock:
                     now = self._now()
