@@ -7,7 +7,7 @@
 The data path, top to bottom (see :func:`build_pipeline`):
 
 1. ListImages    a splittable DoFn over Roboflow's search pages -> distinct image ids
-2. BatchImages   GroupIntoBatches of ``--batch_size`` (50) on sharded keys, spread over workers
+2. BatchImages   batches of ``--batch_size`` (50), grouped by sharded keys, each worker on its shards
 3. FetchDetails  one details call per image, concurrent, under the worker's shared rate limiter
 4. UploadImages  original bytes from the CDN to Supabase Storage, at a deterministic path
 5. WriteRows     idempotent upserts of od_images, od_annotations, od_dataset_images
@@ -57,8 +57,8 @@ EXIT_OK, EXIT_FATAL, EXIT_INPUT, EXIT_INCOMPLETE = 0, 1, 2, 3
 # more batches in flight keep the request slots busy: the reference fault run of 2,000 images took
 # 158 s with 4 workers and 62.6 s with 16 (see pipeline/testing/fault_run.py).
 LOCAL_WORKERS = 16
-# The default DirectRunner sends GroupIntoBatches pipelines to the legacy runner, which fails
-# splittable DoFns; it also tries to download Prism first. FnApiRunner runs this pipeline correctly.
+# The default DirectRunner first tries to download and start the Prism runner, and the legacy runner it can
+# fall back on fails splittable DoFns (../shared/reference/beam.md). FnApiRunner runs this pipeline correctly.
 REFUSED_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
 
 
@@ -132,8 +132,8 @@ def runner_settings(options: ParsedOptions) -> tuple[str, int]:
         standard.runner = "FnApiRunner"
     name = str(standard.runner).rsplit(".", 1)[-1].lower()
     if name in REFUSED_RUNNERS:
-        raise InputError(f"--runner={standard.runner} cannot run this pipeline reliably (Beam 2.77 sends "
-                         "GroupIntoBatches to the legacy runner, which fails splittable DoFns); "
+        raise InputError(f"--runner={standard.runner} cannot run this pipeline reliably (Beam 2.77's DirectRunner "
+                         "first downloads the Prism runner, and its legacy runner fails splittable DoFns); "
                          "use --runner=FnApiRunner (the default) or DataflowRunner")
     if name == "fnapirunner":
         flush_whole_elements_only()

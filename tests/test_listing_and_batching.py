@@ -6,7 +6,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.batch_images import BatchImages, shard_of
+from transforms.batch_images import BatchImages, batches_of, shard_of
 from transforms.batch_step import ThrottlingReport
 from transforms.clients.listing import ListingSpec
 from transforms.clients.resources import RoboflowConfig
@@ -95,6 +95,14 @@ def test_shard_keys_are_stable_and_spread():
     assert shards == [shard_of(i, 16) for i in ids]
     counts = [shards.count(s) for s in range(16)]
     assert min(counts) > 2000 / 16 * 0.6
+
+
+def test_a_shards_batches_are_full_sorted_and_the_same_whatever_order_the_ids_came_in():
+    ids = [f"img{i:03d}" for i in range(123)]
+    batches = list(batches_of(reversed(ids), 50))
+    assert [len(b) for b in batches] == [50, 50, 23]
+    assert [i for b in batches for i in b] == ids
+    assert list(batches_of(ids[::7] + [i for n, i in enumerate(ids) if n % 7], 50)) == batches
 
 
 def test_batching_with_four_workers_loses_and_duplicates_nothing():
