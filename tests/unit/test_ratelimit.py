@@ -301,6 +301,26 @@ def cut_after_one_round(rate: float, passed_every: int) -> float:
     raise AssertionError("no cut")
 
 
+def test_a_round_after_a_cut_with_more_429s_than_either_reading_cuts_at_once():
+    """A gateway's big bucket drained under the cut: the round before measured a limit over the new rate, so
+    both readings (the share before the cut, the few its measure predicts) said 20 %, and any share left
+    the odds even. Traced at 100/s with a 10 s bucket: the round counted on for 5 s at 37 % 429s."""
+    t = FakeTime()
+    limiter = limiter_with(t, None, initial_rate=100.0, min_samples=10)
+    for i in range(50):  # half the rate's sends in its first second (callers asleep), a fifth of them 429
+        limiter.acquire()
+        (limiter.on_throttled if i % 5 == 0 else limiter.on_success)()
+    t.now = 1001.0
+    limiter.on_success()
+    assert limiter.rate == pytest.approx(50.0)  # at most half: the measure (40/s) may read low
+    for i in range(50):  # now half of them 429
+        limiter.acquire()
+        (limiter.on_throttled if i % 2 else limiter.on_success)()
+    t.now += 0.5
+    limiter.on_throttled()
+    assert limiter.rate < 50.0 * 0.6  # cut within the round's second, not counted on for up to 8 s
+
+
 def test_a_round_whose_sends_kept_up_is_cut_deeper_than_half_as_far_as_its_answers_show():
     """A bucket that drained under a slow start: 60/s sent, a third let through all round. Capped at half,
     the next round ran at 1.5 times the limit (the CI-size big burst: 32 % 429s over 2.3 s)."""
