@@ -22,6 +22,7 @@ from pipeline.errors import InputError
 from pipeline.options import ImportOptions, concurrency_of
 from pipeline.project_types import ProjectType, project_type
 from pipeline.remote_checks import (
+    PREFLIGHT_READS,
     PREFLIGHT_RETRY,
     check_roboflow,
     check_supabase,
@@ -96,7 +97,8 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     check_service_key(sb_key, key_source_of(opts.supabase_key_secret, SUPABASE_KEY_ENV))
 
     rf = RoboflowClient(api_url, rf_key, limiter=AdaptiveRateLimiter(opts.roboflow_rate_limit),
-                        retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=2, stall_timeout=opts.roboflow_stall_timeout)
+                        retry=PREFLIGHT_RETRY, timeout=20.0, pool_size=PREFLIGHT_READS,
+                        stall_timeout=opts.roboflow_stall_timeout)
     try:
         info, version_splits, total, skeletons = check_roboflow(opts, rf, selection)
     finally:
