@@ -100,8 +100,9 @@ def check_roboflow(opts: ImportOptions, client: RoboflowClient,
     def failure(exc: Exception, what: str, fix: str) -> InputError:
         return roboflow_failure(exc, what, fix, client.api_url, key_source)
 
-    # The three reads at once: answered one after another, they took three round trips before the import
-    # could start (0.9 s at 300 ms). Each one's failure is still told in this order.
+    # The three reads at once: one after another they were three round trips before the import could start
+    # (at 300 ms, from the command's start to its "importing" line: 2.63 s, 2.03 s at once; one run each).
+    # Each one's failure is still told in this order.
     with ThreadPoolExecutor(max_workers=PREFLIGHT_READS, thread_name_prefix="preflight") as reads:
         workspace_read = reads.submit(client.workspace, ws)
         project_read = reads.submit(client.project, ws, proj)
