@@ -39,7 +39,8 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   running, trims the rate by the excess. A share near the floor needs enough answers (``precision``)
   to count as clean. A round after a cut is judged only once its answers favour one reading
   ``decisive_odds`` to one: the share the 429s had, or the few that the limit the cut measured
-  predicts at the new rate. Judged at 49 answers, an unlucky round
+  predicts at the new rate (or show more 429s than either: a big bucket drained under the cut, and
+  the round cuts at once). Judged at 49 answers, an unlucky round
   under 10 % noise read as a limit, and cut after cut held one of 24 simulated draws at 0.08 of the
   limit; counting on, their mean went from 0.93 to 0.97 and the lowest to 0.65. The verdict of noise
   needs both: a share within chance of the one before (taken at its low end, since the first round's
