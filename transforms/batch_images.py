@@ -10,8 +10,8 @@ Not ``GroupIntoBatches`` with a ``Reshuffle`` after it, as before: on a batch ru
 like the ``GroupByKey`` (nothing after them starts until everything before has finished), and the
 FnApiRunner runs ``GroupIntoBatches``'s state through its state API, one call at a time, then fires its
 timers, and with them every shard's last, partial batch, on one worker only (hence the ``Reshuffle``).
-Stage trace of a 5,000-image import at 100/s: the first details call came 4.70 s after the pipeline's
-first stage with them, 3.45 s with the ``GroupByKey`` alone. Sorted, the batches are the same on every
+Stage trace of a 5,000-image import at 100/s: the details' stage began 4.70 s after the pipeline's first
+stage with them, 3.45 s with the ``GroupByKey`` alone. Sorted, the batches are the same on every
 run and every retry of a bundle.
 
 Elements are image ids or :class:`ListedImage` (an id with its listing summary's fingerprint).
