@@ -216,18 +216,18 @@ def execute(options: ParsedOptions, progress_callback: Callable[[Progress], obje
              checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner, run.id,
              f" (resumed, attempt {run.attempts})" if run.resuming else "")
 
-    pipeline = beam.Pipeline(runner=LocalRunner(SPREAD_STEPS) if runner == "fnapirunner" else None,
-                             options=options.pipeline)
+    # Every DoFn in this process: the live progress line (pipeline/progress.py), and the local runner's policy
+    # (with multi_processing, Beam's runner as it is: the policy is measured on threads only).
+    in_process = runner == "fnapirunner" and processes == 1
+    pipeline = beam.Pipeline(runner=LocalRunner(SPREAD_STEPS) if in_process else None, options=options.pipeline)
     build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
-    # Live progress needs the DoFns in this process (pipeline/progress.py); elsewhere: Beam counters.
-    live = runner == "fnapirunner" and processes == 1
-    if not live:
+    if not in_process:
         log.info("no live progress line with %s; watch the %s counters images_written, images_unchanged and "
                  "images_failed in the runner's monitoring", runner, NAMESPACE)
     tracker = ProgressTracker(checked.listing.total)
     reporter = ProgressReporter(tracker, stream=None if opts.quiet else sys.stderr, interval=opts.progress_interval,
-                                callback=progress_callback, live=live)
-    set_progress_sink(tracker.add if live else None)
+                                callback=progress_callback, live=in_process)
+    set_progress_sink(tracker.add if in_process else None)
     clear_account_stops()
     try:
         with reporter:
