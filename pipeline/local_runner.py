@@ -12,9 +12,11 @@ start, against 6.1 s (300 ms, one run).
     pipeline = beam.Pipeline(runner=LocalRunner(("ListImages/ReadPages", "FetchDetails")), options=...)
 
 A stage is spread when one of its transforms' names starts with one of ``spread_steps``; the others run on
-one worker. ``direct_num_workers`` and ``direct_running_mode`` are read from the options as by the
-FnApiRunner itself. Beam's ``_get_bundle_manager`` is the seam (Beam 2.77.x, as setup.py requires): it
-already runs stateful stages on one worker, for a reason of its own.
+one worker. Used for one process of threads only (``pipeline/main.py``): with ``multi_processing`` it is
+not measured enough (one matrix run of four processes went worse with it, not understood).
+``direct_num_workers`` and ``direct_running_mode`` are read from the options as by the FnApiRunner itself.
+Beam's ``_get_bundle_manager`` is the seam (Beam 2.77.x, as setup.py requires): it already runs stateful
+stages on one worker, for a reason of its own.
 """
 
 from __future__ import annotations
