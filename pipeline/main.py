@@ -210,17 +210,17 @@ def execute(options: ParsedOptions, progress_callback: Callable[[Progress], obje
              checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner, run.id,
              f" (resumed, attempt {run.attempts})" if run.resuming else "")
 
-    # Live progress needs the DoFns in this process (pipeline/progress.py); elsewhere: Beam counters.
-    in_process = runner == "fnapirunner" and processes == 1
     pipeline = beam.Pipeline(options=options.pipeline)
     build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
-    if not in_process:
+    # Live progress needs the DoFns in this process (pipeline/progress.py); elsewhere: Beam counters.
+    live = runner == "fnapirunner" and processes == 1
+    if not live:
         log.info("no live progress line with %s; watch the %s counters images_written, images_unchanged and "
                  "images_failed in the runner's monitoring", runner, NAMESPACE)
     tracker = ProgressTracker(checked.listing.total)
     reporter = ProgressReporter(tracker, stream=None if opts.quiet else sys.stderr, interval=opts.progress_interval,
-                                callback=progress_callback, live=in_process)
-    set_progress_sink(tracker.add if in_process else None)
+                                callback=progress_callback, live=live)
+    set_progress_sink(tracker.add if live else None)
     clear_account_stops()
     try:
         with reporter:
