@@ -35,6 +35,7 @@ from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
 from pipeline import launch, plan, preflight, runs, target, validation
 from pipeline.errors import InputError
+from pipeline.local_runner import LocalRunner
 from pipeline.options import ImportOptions, ParsedOptions, concurrency_of, help_text
 from pipeline.progress import Progress, ProgressReporter, ProgressTracker, final_progress
 from pipeline.summary import build_summary, counters_of, render, stop_line, write_summary
@@ -60,6 +61,10 @@ LOCAL_WORKERS = 16
 # The default DirectRunner first tries to download and start the Prism runner, and the legacy runner it can
 # fall back on fails splittable DoFns (../shared/reference/beam.md). FnApiRunner runs this pipeline correctly.
 REFUSED_RUNNERS = {"directrunner", "bundlebaseddirectrunner", "switchingdirectrunner"}
+
+# The steps that wait on Roboflow or Supabase, which the local runner spreads over its workers (the
+# details' stage holds the upload and the row writes too); it runs every other stage on one worker.
+SPREAD_STEPS = ("ListImages/ReadPages", "FetchDetails", "PruneImages/Prune")
 
 
 def build_pipeline(p: beam.Pipeline, checked: preflight.Checked, context: ImportContext,
@@ -210,10 +215,11 @@ def execute(options: ParsedOptions, progress_callback: Callable[[Progress], obje
              checked.workspace, checked.project, checked.listing.total, checked.dataset_id, runner, run.id,
              f" (resumed, attempt {run.attempts})" if run.resuming else "")
 
-    pipeline = beam.Pipeline(options=options.pipeline)
-    build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
-    # Live progress needs the DoFns in this process (pipeline/progress.py); elsewhere: Beam counters.
+    # Every DoFn in this process: the live progress line (pipeline/progress.py), and the local runner's policy
+    # (with multi_processing, Beam's runner as it is: the policy is measured on threads only).
     live = runner == "fnapirunner" and processes == 1
+    pipeline = beam.Pipeline(runner=LocalRunner(SPREAD_STEPS) if live else None, options=options.pipeline)
+    build_pipeline(pipeline, checked, context, opts, shards, retry_ids)
     if not live:
         log.info("no live progress line with %s; watch the %s counters images_written, images_unchanged and "
                  "images_failed in the runner's monitoring", runner, NAMESPACE)

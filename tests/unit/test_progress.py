@@ -283,3 +283,20 @@ def test_reporter_thread_runs_and_stops():
         thread = reporter._thread
     assert calls and calls[0].done == 3
     assert not thread.is_alive()
+
+
+def test_finish_reports_the_milestones_the_thread_had_not_reached_yet():
+    """The last images of a run can complete within one tick of the thread: their milestones come before the
+    final report, so the platform never sees a jump of more than one milestone at the end."""
+    clock, tracker = tracker_at(reported=40)
+    calls = []
+    reporter = ProgressReporter(tracker, callback=calls.append, interval=1000)
+    for _ in range(12):
+        clock.now += 0.01
+        tracker.add(WRITTEN)
+    reporter.report()
+    for _ in range(28):
+        clock.now += 0.01
+        tracker.add(WRITTEN)
+    reporter.finish(final_progress({"listed": 40, "imported": 40, "failed": 0}, tracker))
+    assert [p.done for p in calls] == [10, 20, 30, 40] and calls[-1].final
