@@ -2,14 +2,15 @@
 
 The FnApiRunner runs each stage one after another and, with several workers, deals every stage's input
 out to all of them (``ParallelBundleManager``): one bundle per worker, empty or not, and each worker first
-builds the stage's bundle processor (Beam inspects every DoFn's signature there: 0.06 s for the first
-stage alone, 0.25-0.54 s each when 16 build at once under one GIL; a profile of a 2,000-image import at
-300 ms spent 1.15 s of CPU in it in its first 8 s). For the stages that wait on Roboflow or Supabase that
-is the price of waiting in parallel; for the rest (the listing's dedup, counts and completeness check,
-the shard grouping's write, the dead letters) it is pure cost, as their work is Python under one GIL.
+builds the stage's bundle processor (Beam inspects every DoFn's signature there; timed in a 2,000-image
+import at 300 ms: 0.06 s for the first stage alone, 0.25-0.54 s each when 16 build at once under one
+GIL). For the stages that wait on Roboflow or Supabase that is the price of waiting in parallel; for the
+rest (the listing's dedup, counts and completeness check, the shard grouping's write, the dead letters)
+it is pure cost, as their work is Python under one GIL.
 Stage traces of 5,000-image imports at 100 and 300 ms: the completeness check took 0.22-0.30 s on 16
 workers and 0.01 s on one, the dedup 0.35-0.44 s and 0.15-0.18 s, the dead letters 0.25 s and 0.02 s;
-the details' stage began 4.9-5.2 s after the command's start, against 6.1 s (300 ms, one run).
+the details' stage began 4.9-5.2 s after the command's start, against 6.1 s (300 ms, one run), and 4.5 s
+with the split below.
 
     pipeline = beam.Pipeline(runner=LocalRunner(("ListImages/ReadPages", "FetchDetails")), options=...)
 
