@@ -19,9 +19,9 @@ Without migration 0008 (or with a failing beat) every process goes on alone, as 
 ``--roboflow_rate_limit`` divided among as many processes as the job can start, and an unknown limit
 found by each process from its 429s; without 0009, the processes share the key without turns. So a
 beat is best effort: one attempt, skipped when it fails. Alone is not safe for a job of many processes:
-in ``tests/unit/test_ratelimit.py``'s simulation sixteen starting together at 20/s on a 100/s key took
-each other's 429s for random ones, and 42 % of their calls were 429s; told by the beats, 3 %
-(``test_a_jobs_many_processes_starting_together_over_the_key_converge_to_it``).
+in the simulation of ``tests/unit/test_ratelimit.py`` sixteen starting together at 20/s on a 100/s key
+took each other's 429s for random ones, and 42 % of their calls were 429s; told by the beats, 3 %
+(``tests/unit/test_rate_peers.py``, ``test_a_jobs_many_processes_starting_together_over_the_key_converge_to_it``).
 """
 
 from __future__ import annotations
