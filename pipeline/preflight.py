@@ -44,7 +44,7 @@ from transforms.clients.listing import ListingSpec, Selection
 from transforms.clients.resources import RoboflowConfig, SupabaseConfig
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, AdaptiveRateLimiter, start_rate
 from transforms.core.retry import TransientError
 from transforms.core.tables import OD, PlatformTables
 
@@ -126,6 +126,7 @@ def check(opts: ImportOptions, workers: int = 1) -> Checked:
     concurrency = concurrency_of(opts)
     api_in_flight = opts.concurrency or AUTO_MAX_IN_FLIGHT
     roboflow = RoboflowConfig(api_url, rf_ref, rate_limit=per_worker_rate, job_rate_limit=opts.roboflow_rate_limit,
+                              start_rate=start_rate(workers),
                               pool_size=max(8, api_in_flight + concurrency + 4), max_in_flight=concurrency,
                               max_api_in_flight=api_in_flight, stall_timeout=opts.roboflow_stall_timeout)
     supabase = SupabaseConfig(supabase_url, sb_ref, bucket=bucket, bucket_public=bucket_public,

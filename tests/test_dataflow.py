@@ -34,6 +34,7 @@ from tests import gcs_standin
 from tests.importer import importer_args
 from tests.test_secrets import assert_no_secret
 from transforms.batch_step import NAMESPACE, BatchStepFn, counted
+from transforms.core.ratelimit import JOB_START
 from transforms.core.records import ImportContext
 from transforms.core.secrets import SecretRef
 from transforms.core.tally import count
@@ -153,6 +154,7 @@ def test_dry_run_command_builds_the_dataflow_job_graph(roboflow_emulator, target
     checked = preflight.check(opts, workers=processes)
     assert sorted(secrets.read) == sorted([RF_SECRET, SB_SECRET])
     assert checked.roboflow.rate_limit == pytest.approx(100 / 20)
+    assert checked.roboflow.start_rate == JOB_START  # where each of 20 would start without --roboflow_rate_limit
     assert checked.roboflow.api_key == SecretRef(secret_version=RF_SECRET)
     assert checked.supabase.service_key == SecretRef(secret_version=SB_SECRET)
 

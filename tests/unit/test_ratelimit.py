@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tests.unit.fake_time import FakeTime
-from transforms.core.ratelimit import AdaptiveRateLimiter, LittleGate, StallWatch
+from transforms.core.ratelimit import JOB_START, LONE_START, AdaptiveRateLimiter, LittleGate, StallWatch, start_rate
 
 
 class Slept(Exception):
@@ -162,6 +162,24 @@ def test_an_unknown_limit_is_found_and_held_with_few_429s(limit, burst_s, latenc
     assert wasted <= 0.05
     whole, _ = tally([client], 1000, 1090)
     assert whole >= 0.85 * limit
+
+
+@pytest.mark.parametrize(("limit", "burst_s"), [(20, 0.1), (20, 1.0), (30, 0.1)])
+def test_a_lone_process_starting_a_round_up_holds_a_key_under_or_at_its_start(limit, burst_s):
+    client = Client(latency=0.1, initial_rate=start_rate(1))
+    run([client], Gateway(limit, burst_s), 60)
+    accepted, wasted = tally([client], 1000, 1060)
+    assert accepted >= 0.9 * limit
+    assert wasted <= 0.05
+
+
+def test_a_lone_process_starts_a_round_up_the_ladder_and_a_jobs_processes_where_they_were():
+    assert start_rate(1) == LONE_START == 1.5 * JOB_START  # one slow-start round, 20 -> 30/s
+    assert start_rate(2) == start_rate(20) == JOB_START
+    lone, in_a_job = Client(latency=0.3, initial_rate=start_rate(1)), Client(latency=0.3, initial_rate=start_rate(4))
+    for client in (lone, in_a_job):
+        run([client], Gateway(100, 0.1), 10)
+    assert tally([lone], 1000, 1010)[0] >= tally([in_a_job], 1000, 1010)[0] + 5  # 50 more calls in its first 10 s
 
 
 def test_a_known_limit_wastes_no_calls():

@@ -16,7 +16,7 @@ import os
 from transforms.clients.rate_peers import BEAT_FUNCTION, RatePeers, key_digest
 from transforms.clients.roboflow import RoboflowClient
 from transforms.clients.supabase import SupabaseClient
-from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT, AdaptiveRateLimiter
+from transforms.core.ratelimit import AUTO_MAX_IN_FLIGHT, DEFAULT_STALL_TIMEOUT, JOB_START, AdaptiveRateLimiter
 from transforms.core.retry import RetryPolicy
 from transforms.core.secrets import SecretRef
 from transforms.core.shared import PROCESS_SHARED, Lease
@@ -27,6 +27,7 @@ class RoboflowConfig:
     api_url: str
     api_key: SecretRef
     rate_limit: float | None = None  # requests/s for this worker process; None = adapt
+    start_rate: float = JOB_START  # where adapting starts (ratelimit.start_rate)
     job_rate_limit: float | None = None  # --roboflow_rate_limit, divided among the live processes (rate_peers.py)
     timeout: float = 30.0
     pool_size: int = 32
@@ -69,7 +70,8 @@ def roboflow_client(config: RoboflowConfig) -> Lease[RoboflowClient]:
     def make() -> RoboflowClient:
         return RoboflowClient(
             config.api_url, config.api_key.resolve(),
-            limiter=AdaptiveRateLimiter(config.rate_limit, job_rate=config.job_rate_limit),
+            limiter=AdaptiveRateLimiter(config.rate_limit, job_rate=config.job_rate_limit,
+                                        initial_rate=config.start_rate),
             retry=config.retry, timeout=config.timeout, pool_size=config.pool_size,
             max_in_flight=config.max_in_flight, max_api_in_flight=config.max_api_in_flight,
             stall_timeout=config.stall_timeout)

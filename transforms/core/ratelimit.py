@@ -53,15 +53,15 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   rate held lower than the limit allows (no image is lost; the run is slower). A slow start judged at
   20 answers makes that likelier with a 1 s bucket: 24 draws at 50/s held 0.92 of it from 40 s on
   (0.95 when slow-start rounds waited for the floor's precision), two of them under half.
-* **Probing speeds up while it meets no limit.** Slow start (x1.5 a round) until the first cut, then
-  growth of ``first_step`` that doubles each clean round (up to ``max_step``) and resets at the first
-  429s, so a risen limit is found in a few rounds; within 10 % of the limit the last cut measured it
-  only creeps by ``first_step`` (as TCP CUBIC flattens near its last loss), since a gateway's bucket
-  can hide a leap over it for seconds and then answer a burst of 429s. After ``creep_rounds`` clean
-  rounds there the limit has moved (processes sharing the key finished: creeping at 2 % a round, the
-  last process of four held 0.3 of the freed key for 15 s), and probing speeds up again, as CUBIC's
-  does past its plateau. Growth needs callers to have been held back: a process that the number of
-  requests in flight limits learns nothing by raising a rate it does not use.
+* **Probing speeds up while it meets no limit.** Slow start (x1.5 a round, from :func:`start_rate`)
+  until the first cut, then growth of ``first_step`` that doubles each clean round (up to ``max_step``)
+  and resets at the first 429s, so a risen limit is found in a few rounds; within 10 % of the limit the
+  last cut measured it only creeps by ``first_step`` (as TCP CUBIC flattens near its last loss), since a
+  gateway's bucket can hide a leap over it for seconds and then answer a burst of 429s. After
+  ``creep_rounds`` clean rounds there the limit has moved (processes sharing the key finished: creeping
+  at 2 % a round, the last process of four held 0.3 of the freed key for 15 s), and probing speeds up
+  again, as CUBIC's does past its plateau. Growth needs callers to have been held back: a process that
+  the number of requests in flight limits learns nothing by raising a rate it does not use.
 
 **Processes on one key are told of each other** (``transforms/clients/rate_peers.py``, a beat every
 2 s into a Supabase table, as Google's Doorman or Envoy's global rate limit share one quota through
@@ -116,6 +116,25 @@ from typing import NamedTuple
 log = logging.getLogger(__name__)
 
 DEFAULT_STALL_TIMEOUT = 600.0
+JOB_START, LONE_START = 20.0, 30.0  # requests/s a process starts an unknown limit's search at (start_rate)
+
+
+def start_rate(processes: int) -> float:
+    """Where each of a job's ``processes`` starts searching an unknown limit.
+
+    A process alone on its job starts at ``LONE_START``, one round up the slow start's ladder (20, 30,
+    45, 67, 100/s a round apart): its listing and its first details calls are the whole import's start,
+    and that round cost it about 1 s (``bench/throughput.py --matrix --images 5000 --cases "300 ms"``,
+    four paired runs: 57.3-57.7 s from 30/s, 58.1-58.6 s from 20/s). The processes of one job start
+    together at ``JOB_START`` each, as many of them would otherwise start far over a small key at once
+    (simulated: four on 50/s, untold of each other, 4.0 % of calls 429 starting at 20/s and 22.4 % at
+    30/s). Simulated alone over 60 s (tests/unit/test_ratelimit.py's model, eight draws each): the same
+    429 shares from 30 as from 20/s on 20/s with a 0.1 s burst (1.9 and 1.7 %), 100/s at 300 ms (2.0 %)
+    and 50/s with 10 % random 429s (15.2 and 14.9 %), and 0.97 against 0.95 of 100/s; two imports at
+    once on 50/s (each alone on its job, told of each other) 2.8 against 2.6 % with a 0.1 s burst, 5.7
+    against 3.9 % with a 1 s one.
+    """
+    return LONE_START if processes <= 1 else JOB_START
 
 
 class StallWatch:
@@ -304,7 +323,7 @@ class AdaptiveRateLimiter:
         rate: float | None = None,
         *,
         job_rate: float | None = None,
-        initial_rate: float = 20.0,
+        initial_rate: float = JOB_START,
         min_rate: float = 0.5,
         window: float = 1.0,
         min_samples: int = 20,
