@@ -330,13 +330,27 @@ def test_a_round_after_a_cut_with_more_429s_than_either_reading_cuts_at_once():
         (limiter.on_throttled if i % 5 == 0 else limiter.on_success)()
     t.now = 1001.0
     limiter.on_success()
-    assert limiter.rate == pytest.approx(50.0)  # at most half: the measure (40/s) may read low
+    cut = limiter.rate
+    assert cut == pytest.approx(100 * (1 - 10 / 51) * 0.97)  # 100/s while it sent, less the fifth refused
     for i in range(50):  # now half of them 429
         limiter.acquire()
         (limiter.on_throttled if i % 2 else limiter.on_success)()
     t.now += 0.5
     limiter.on_throttled()
-    assert limiter.rate < 50.0 * 0.6  # cut within the round's second, not counted on for up to 8 s
+    assert limiter.rate < cut * 0.6  # cut within the round's second, not counted on for up to 8 s
+
+
+def test_a_round_whose_sends_stopped_early_is_measured_over_the_time_they_took():
+    """The listing: 21 pages at 30/s on a 30/s key, two of them 429, then nothing until the details' stage.
+    Over the whole round the gateway seemed to let 14/s through, and the rate crept up from 15/s for 14 s."""
+    t = FakeTime()
+    limiter = limiter_with(t, None, initial_rate=30.0)
+    for i in range(21):
+        limiter.acquire()
+        (limiter.on_throttled if i in (9, 19) else limiter.on_success)()
+    t.now = 1001.5  # the round is judged with its answers in, long after its last send
+    limiter.on_success()
+    assert limiter.rate == pytest.approx(30 * (1 - 2 / 22) * 0.97, rel=0.02)
 
 
 def test_a_round_whose_sends_kept_up_is_cut_deeper_than_half_as_far_as_its_answers_show():
