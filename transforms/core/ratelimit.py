@@ -23,7 +23,8 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   The measure takes every send and every answer of the round, whatever rate paced it, and the larger
   of r(1-s) and the answers let through per second: judged on the round's own requests only (those
   paced at its new rate, which come last), it read 50-85/s for a 100/s limit and the pipeline held
-  0.59 of it (bench matrix).
+  0.59 of it (bench matrix). r is the rate over the span the round's calls were sent in, not the whole
+  round's: a round that sent only its first part (the listing's pages) read low (:meth:`_sent_rate`).
 * **Random 429s are a floor, told apart by experiment.** A 429 is first a signal to slow down, so
   a share of 429s above the ``floor`` cuts. If the round after the cut (only answers to requests
   paced at the new rate count: every rate change starts an epoch) shows the same share, and again
