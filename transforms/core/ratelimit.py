@@ -802,7 +802,7 @@ class AdaptiveRateLimiter:
                 self._first_send = sent_at
             self._last_send = sent_at
             self.sends += 1
-            self._decide(self._now())
+            self._decide(sent_at)
         return waited
 
     def _reserve(self, *, ahead: bool) -> tuple[float, float, float, int, float]:
