@@ -132,8 +132,8 @@ def start_rate(processes: int) -> float:
     30/s). Simulated alone over 60 s (tests/unit/test_ratelimit.py's model, eight draws each): the same
     429 shares from 30 as from 20/s on 20/s with a 0.1 s burst (1.9 and 1.7 %), 100/s at 300 ms (2.0 %)
     and 50/s with 10 % random 429s (15.2 and 14.9 %), and 0.97 against 0.95 of 100/s; two imports at
-    once on 50/s (each alone on its job, told of each other) 2.8 against 2.6 % with a 0.1 s burst, 5.7
-    against 3.9 % with a 1 s one.
+    once on 50/s (each alone on its job, told of each other; three draws, alike without noise) 2.8
+    against 2.6 % with a 0.1 s burst, 5.7 against 3.9 % with a 1 s one.
     """
     return LONE_START if processes <= 1 else JOB_START
 
