@@ -341,7 +341,9 @@ def test_a_process_does_not_take_the_others_excess_for_random_429s_when_the_key_
     says these come with the rate, and the process slows down. Through a key as noisy as it, it learns them."""
     t = FakeTime()
     limiter = AdaptiveRateLimiter(None, initial_rate=25.0, clock=t.clock, sleep=t.sleep)
-    limiter.peers_said(4, 100.0 - key_refused, key_refused)
+    for _ in range(2):  # two beats of a second: the key's 200 calls
+        limiter.peers_said(4, 100.0 - key_refused, key_refused)
+        t.now += 1.0
     before = limiter.rate
     for _ in range(6):  # a 429 in ten, whatever this process sends: the others' excess (or noise)
         answer_a_round(limiter, t, 40, 4)
@@ -363,5 +365,5 @@ def test_the_keys_measure_rises_with_what_it_let_through_without_refusals():
     assert limiter.fair_share == pytest.approx(8.0)
     limiter.peers_said(4, 44.0, 0.0)
     assert limiter.fair_share == pytest.approx(11.0)
-    limiter.peers_said(4, 30.0, 0.0)  # the key has room: the measure fades, it does not fall to what was sent
-    assert limiter.fair_share == pytest.approx(44.0 * limiter.key_memory / 4)
+    limiter.peers_said(4, 30.0, 0.0, 2.0)  # the key has room: the measure fades, it does not fall to what was sent
+    assert limiter.fair_share == pytest.approx(44.0 * limiter.key_memory**2 / 4)  # key_memory a second, two beaten

@@ -65,7 +65,7 @@ struggling backend but does not pace, so against a token bucket it keeps sending
   the number of requests in flight limits learns nothing by raising a rate it does not use.
 
 **Processes on one key are told of each other** (``transforms/clients/rate_peers.py``, a beat every
-2 s into a Supabase table, as Google's Doorman or Envoy's global rate limit share one quota through
+second into a Supabase table, as Google's Doorman or Envoy's global rate limit share one quota through
 a service, but only to learn how many send and what the key answers them). Alone, each process's
 cut to its own part of what got through keeps the parts they started with: AIMD is fair through
 *additive* increase, ours is multiplicative. Beam splits the work among the processes once, so they
@@ -442,7 +442,7 @@ class AdaptiveRateLimiter:
         if self.floor > 0.0:
             self.floor = min(self.floor, self._noise_bound.bound(now))
 
-    def peers_said(self, peers: int, key_accepted: float, key_refused: float, seconds: float = 2.0, *,
+    def peers_said(self, peers: int, key_accepted: float, key_refused: float, seconds: float = 1.0, *,
                    rank: int | None = None, turns: int = 0) -> None:
         """A beat of the processes sending on this key (rate_peers.py): how many send now, and how many
         calls per second the key answered and refused (429) them.
@@ -492,8 +492,9 @@ class AdaptiveRateLimiter:
             elif self._key_rate:
                 # With room, what the key let through is still no more than its limit. Fading alone, a measure
                 # taken in four processes' uneven start (32/s of 50) held their parts at 7-10/s while the key
-                # let 36-45/s through, and they crept from there for 20 s (bench trace).
-                self._key_rate = max(self._key_rate * self.key_memory, key_accepted)
+                # let 36-45/s through, and they crept from there for 20 s (bench trace). It fades by
+                # ``key_memory`` a second of beats, whatever their interval.
+                self._key_rate = max(self._key_rate * self.key_memory ** seconds, key_accepted)
             fair = self.fair_share
             if fair is not None and self._slow_start and self.rate > fair:
                 # Still searching while the key is full with the others' calls (this process came late, or all
