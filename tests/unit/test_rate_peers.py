@@ -92,9 +92,9 @@ def test_a_jobs_many_processes_starting_together_over_the_key_converge_to_it(pro
     3.2 times the key at once. Told of each other, they hold it from 20 s on and learn no floor: over four
     draws each, eight 0.99 of it with 2.6-5.0 % 429s, sixteen 0.93-0.94 with 3.4-3.7 % (0.99-1.00 and 2.3-3.9 %
     beating every two seconds: a beat a second cut the sixteen deeper at their start, on beats that still
-    held the 429s from before the first cut, and they crept back). Untold (no migration 0008), the sixteen here took each other's
-    429s for random ones (seven floors of 0.20-0.55), one kept 137/s, and 42 % of the calls were 429s; eight
-    started together at once did the same (37 %), eight 13 ms apart did not."""
+    held the 429s from before the first cut, and they crept back). Untold (no migration 0008), the sixteen
+    here took each other's 429s for random ones (seven floors of 0.20-0.55), one kept 137/s, and 42 % of the
+    calls were 429s; eight started together at once did the same (37 %), eight 13 ms apart did not."""
     clients = [Client(latency=0.05, concurrency=25, start=1000.0 + i * 0.013) for i in range(processes)]
     run_beating(clients, with_peers(clients, PeerTable()), Gateway(limit, 0.1), 45)
     accepted, wasted = tally(clients, 1020, 1045)
