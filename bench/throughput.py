@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -483,6 +484,10 @@ def case_figures(case: LimitCase, pipeline: dict, timeline: list[dict]) -> dict[
     seconds = len(timeline)
     figures["api_seconds"] = seconds
     figures["api_run_img_s"] = pipeline["rows"] / seconds  # from the first Roboflow call: Beam's start-up left out
+    # The issue's whole-run target (>= 0.85): rows over the whole wall time against what the limit in force let
+    # through on average while the importer called, less the random 429s' share.
+    available = sum(s["limit"] for s in timeline) / seconds * (1.0 - case.noise)
+    figures["whole_of_limit"] = pipeline["mean_images_per_s"] / available
     changes = [s["t"] for prev, s in zip(timeline, timeline[1:], strict=False) if s["limit"] != prev["limit"]]
     change = changes[0] if changes else None
     # Steady: after the first 10 s (and 10 s after a change), before the last 10 % of the run.
@@ -534,7 +539,9 @@ def run_matrix(args, importer_args: list[str]) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = ROOT / "bench" / "results" / f"ratelimit-{stamp}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases = [c for c in MATRIX if not args.cases or any(k in c.name for k in args.cases.split(","))]
+    # A comma that a space or a digit follows is part of a name ("50/s, 4 processes", "after 1,500 calls").
+    wanted = re.split(r",(?![ \d])", args.cases) if args.cases else []
+    cases = [c for c in MATRIX if not wanted or any(k in c.name for k in wanted)]
     results = []
     seed_flags = ("--fault-seed", str(args.fault_seed)) if args.fault_seed is not None else ()
     for number, case in enumerate(cases, 1):
@@ -566,8 +573,8 @@ def run_matrix(args, importer_args: list[str]) -> int:
 
 def matrix_table(results: list[dict]) -> str:
     head = ("| limit shape (not given to the importer) | API latency | exit | dead letters | whole-run img/s "
-            "(from 1st API call) | steady / limit | 429 share | converged after change | load |")
-    lines = [head, "|" + "---|" * 9]
+            "(from 1st API call) | whole-run / limit | steady / limit | 429 share | converged after change | load |")
+    lines = [head, "|" + "---|" * 10]
     for r in results:
         c, f = r["case"], r["figures"]
         conv = f.get("converged_after_change_s")
@@ -576,7 +583,7 @@ def matrix_table(results: list[dict]) -> str:
         lines.append(
             f"| {c['name']} | {c['api_latency_ms']:g} ms | {f['exit_code']} | {f['dead_letters']} | "
             f"{_fmt(f['whole_run_img_s'])} ({_fmt(f.get('api_run_img_s'))}) | "
-            f"{_fmt(f.get('steady_of_limit'), 2)} | "
+            f"{_fmt(f.get('whole_of_limit'), 2)} | {_fmt(f.get('steady_of_limit'), 2)} | "
             f"{100 * f['share_429']:.1f}%{noise} | {converged} | {f['load_1min_before']:.1f} |")
     return "\n".join(lines)
 
@@ -601,7 +608,8 @@ def main() -> int:
                         help="sample the importer with py-spy (the thread holding the GIL)")
     parser.add_argument("--matrix", action="store_true",
                         help="run the rate-limit matrix (limit shapes, limit not given); one PNG per case")
-    parser.add_argument("--cases", default=None, help="with --matrix: comma list of substrings of case names")
+    parser.add_argument("--cases", default=None, help="with --matrix: comma list of substrings of case names (a comma "
+                        "followed by a space or a digit belongs to the name)")
     parser.add_argument("--fault-seed", type=int, default=None,
                         help="with --matrix: the emulator's fault seed (its random 429s are one fixed draw otherwise)")
     parser.add_argument("--workdir", type=Path, default=None)
