@@ -21,9 +21,11 @@ their cuts agree only once each has beaten again. Four processes on a limit drop
 (``bench/throughput.py --matrix --images 5000``, three runs each): <= 5 % 429s again 3, 3 and 4 s after
 the drop beating every second, 9, 10 and 8 s every two (15 and 18 s in other runs), with 3.9-4.0 % of
 all calls 429s against 4.2-5.0 %. The cost, simulated (``tests/unit/test_rate_peers.py``, four draws):
-sixteen processes starting together on 100/s hold 0.93-0.94 of it from 20 s on, against 0.99-1.00, as
-beats that still hold the 429s from before a cut cut them again. Four processes beat four times a
-second into one small table; a Dataflow job of a hundred processes, a hundred times.
+sixteen processes starting together on 100/s held 0.93-0.94 of it from 20 s on, against 0.99-1.00, as
+beats that still hold the 429s from before a cut cut them again; growing together at the key's clean
+beats (``AdaptiveRateLimiter._grow_with_the_key``) they climb back within seconds and hold 0.98. Four
+processes beat four times a second into one small table; a Dataflow job of a hundred processes, a
+hundred times.
 
 Without migration 0008 (or with a failing beat) every process goes on alone, as before: the job's
 ``--roboflow_rate_limit`` divided among as many processes as the job can start, and an unknown limit
