@@ -216,6 +216,7 @@ def _same_share(share: float, n: int, before: float, before_n: int) -> bool:
 
 
 def _binomial_ll(throttled: float, answers: float, share: float) -> float:
+    """Log-likelihood of ``throttled`` 429s in ``answers`` if 429s come at ``share`` (kept off 0 and 1)."""
     share = min(max(share, 0.005), 0.995)
     return throttled * math.log(share) + (answers - throttled) * math.log(1.0 - share)
 
@@ -257,10 +258,7 @@ class _Cut(NamedTuple):
 
 def _log_odds(throttled: int, n: int, share: float, other: float) -> float:
     """Log-odds of ``throttled`` 429s in ``n`` answers if 429s come at ``share`` rather than at ``other``."""
-    def log_likelihood(p: float) -> float:
-        p = min(max(p, 0.005), 0.995)
-        return throttled * math.log(p) + (n - throttled) * math.log(1.0 - p)
-    return log_likelihood(share) - log_likelihood(other)
+    return _binomial_ll(throttled, n, share) - _binomial_ll(throttled, n, other)
 
 
 def wilson_upper(throttled: float, answers: float, z: float) -> float:
