@@ -1,5 +1,6 @@
 import functools
 import heapq
+import math
 import random
 import threading
 import time
@@ -14,7 +15,7 @@ from transforms.core.ratelimit import (
     AdaptiveRateLimiter,
     LittleGate,
     StallWatch,
-    limit_gain,
+    fit_limit,
     start_rate,
 )
 
@@ -256,7 +257,7 @@ def test_random_429s_too_few_for_one_experiment_are_told_from_a_limit_by_the_rou
     """At 5 % random 429s a round of 20 answers shows one or two: over no floor, enough to cut, too few for the
     round after the cut to tell the share from the limit's prediction, so the experiment read a limit, cut after
     cut, and three of twelve draws held 0.14-0.29 of 50/s from 40 s on (0.81 on average). The rounds since the
-    last growth show it: one share of 429s at every rate they were sent at (:func:`limit_gain`). With that,
+    last growth show it: one share of 429s at every rate they were sent at (:func:`fit_limit`). With that,
     0.99-1.00 in every draw."""
     late = []
     for seed in range(12):
@@ -271,9 +272,36 @@ def test_rounds_cut_after_cut_tell_a_limit_from_random_429s_by_how_their_share_f
     noise = [(30.0, 3, 30), (26.0, 3, 30), (22.0, 2, 25), (19.0, 2, 22), (16.0, 2, 20)]  # ~10 % at every rate
     limit = [(60.0, 17, 50), (45.0, 5, 45), (41.0, 1, 41), (39.0, 0, 39)]  # a limit near 42/s
     limit_with_noise = [(60.0, 20, 50), (45.0, 8, 45), (41.0, 4, 41), (39.0, 4, 39)]  # the same, 10 % noise on top
-    assert limit_gain(noise) < 1.0
-    assert limit_gain(limit) > 5.0
-    assert limit_gain(limit_with_noise) > 3.0
+    assert fit_limit(noise).gain < 1.0
+    assert fit_limit(limit).gain > 5.0
+    assert fit_limit(limit_with_noise).gain > 3.0
+
+
+def expected_rounds(limit: float, floor: float, rates: list[float], answers: int = 100) -> list[tuple[float, int, int]]:
+    """Rounds of (rate, 429s, answers) with the 429s a limit and random ones at ``floor`` give on average."""
+    return [(rate, round(answers * (1.0 - (1.0 - floor) * min(1.0, limit / rate))), answers) for rate in rates]
+
+
+def test_the_last_minutes_rounds_give_the_limit_and_the_floor_apart():
+    """Rounds of 200 answers a few percent either side of a 50/s limit under 10 % random 429s: one round cannot
+    tell 3 % more 429s from chance, all of them together give the limit and the floor (at 100 answers a round,
+    the limit is 2.97 nats likelier than none and anywhere from 47 to 53.4/s)."""
+    fit = fit_limit(expected_rounds(50.0, 0.1, [46.0, 47.5, 48.5, 49.5, 51.0, 52.0, 53.5, 55.0], answers=200))
+    assert fit.gain > 4.0
+    assert abs(fit.limit - 50.0) <= 1.0 and abs(fit.floor - 0.1) <= 0.01
+    assert 47.0 < fit.lower <= 50.0 <= fit.upper <= 52.0
+    noise = fit_limit(expected_rounds(1000.0, 0.1, [46.0, 48.5, 51.0, 53.5, 55.0]))
+    assert noise.gain < 1.0 and noise.upper == math.inf and abs(noise.floor - 0.1) <= 0.005
+
+
+def test_random_429s_do_not_hide_a_limit_the_rate_is_held_over():
+    """Rounds at 2-10 % over a 50/s limit show 2-9 % more 429s than 10 % noise, which a round of 100 answers does
+    not tell from chance: the rate crept past the limit, rounds after trims (still over it) taught the floor the
+    limit's own 429s, and these draws had 14.0 % 429s from 40 s on (15.7 % at worst). The last minute's rounds
+    fitted together show the limit under the rate: 11.8 % (13.0)."""
+    shares = [tally([client], 1040, 1100)[1] for client in draws_of_ten_percent_noise()]
+    assert sum(shares) / len(shares) <= 0.125
+    assert max(shares) <= 0.14
 
 
 def test_a_limit_that_drops_is_followed_within_seconds():
