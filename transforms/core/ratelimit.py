@@ -944,7 +944,7 @@ class AdaptiveRateLimiter:
         sent over the likely limits since to favour the fit 10:1: an unlucky round (15 429s of 50 at 53.8/s)
         had the fit read a 50/s limit as 42.8/s, and cutting whenever the rate passed it, no round could show
         otherwise until that one was a minute old (0.83 of the limit from 40 to 90 s in that draw)."""
-        if not self._floor_n or self._shared or self._last_cut is not None or self._leapt:
+        if not self._floor_n or self._shared or self._leapt:
             return False
         rounds = [*self._recent, (now, self._round_rate, self._throttled, self._answered)]
         fit = fit_limit([(r, t, n) for _, r, t, n in rounds])
